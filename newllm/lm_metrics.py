@@ -1,0 +1,64 @@
+"""Language-model metrics, each labelled with the tokenizer it was measured under.
+
+Perplexity is only comparable between runs with the same tokenizer and vocabulary; bits per byte (total
+cross-entropy in bits divided by the UTF-8 bytes of the text) is comparable across tokenizers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class LMEval:
+    """Token-averaged evaluation of next-token prediction."""
+
+    loss: float  # mean cross-entropy per predicted token, nats
+    tokens: int  # predicted tokens
+    correct: int  # argmax == target
+    tokenizer: str
+    vocab_size: int
+    n_bytes: Optional[int] = None  # UTF-8 bytes of the evaluated text, for bits per byte
+
+    @property
+    def perplexity(self) -> float:
+        return perplexity(self.loss)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.tokens if self.tokens else float("nan")
+
+    @property
+    def bits_per_byte(self) -> Optional[float]:
+        return bits_per_byte(self.loss, self.tokens, self.n_bytes) if self.n_bytes else None
+
+    @property
+    def label(self) -> str:
+        return f"{self.tokenizer} (V={self.vocab_size:,})"
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.update(perplexity=self.perplexity, accuracy=self.accuracy, bits_per_byte=self.bits_per_byte)
+        return out
+
+    def summary(self) -> str:
+        bpb = f", {self.bits_per_byte:.3f} bits/byte" if self.bits_per_byte is not None else ""
+        return (f"loss {self.loss:.4f}, PPL {self.perplexity:.2f} [{self.label}], "
+                f"accuracy {100 * self.accuracy:.2f}%{bpb} over {self.tokens:,} tokens")
+
+
+def perplexity(mean_loss_nats: float) -> float:
+    """exp(mean cross-entropy); inf when the loss overflows."""
+    try:
+        return math.exp(mean_loss_nats)
+    except OverflowError:
+        return float("inf")
+
+
+def bits_per_byte(mean_loss_nats: float, tokens: int, n_bytes: int) -> float:
+    """Total cross-entropy in bits over the text's UTF-8 bytes."""
+    if n_bytes <= 0:
+        raise ValueError(f"n_bytes={n_bytes} must be > 0")
+    return mean_loss_nats * tokens / (n_bytes * math.log(2))

@@ -1,0 +1,21 @@
+"""Shared test settings: small thread count, deterministic seeds, the optional ../shared data folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data beside the repo (benchmarks and CI have it; the kit itself never needs it)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent (only present beside the repo in this project's CI)")
+    return SHARED_DATA
