@@ -178,9 +178,61 @@ class GatedLMConfig(ConfigBase):
         self._positive_float("init_std")
 
 
+# ------------------------------------------------------------------------------------------- baselines
+
+@dataclass(frozen=True)
+class LSTMConfig(ConfigBase):
+    """The LSTM baseline LM (newllm/baselines.py): embedding -> stacked LSTM -> linear head."""
+
+    vocab_size: int = 1000
+    embed_dim: int = 256
+    hidden_dim: int = 256
+    num_layers: int = 2
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._positive_int("vocab_size", 2)
+        self._positive_int("embed_dim")
+        self._positive_int("hidden_dim")
+        self._positive_int("num_layers")
+        self._require("dropout", isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1, "a number in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TransformerConfig(ConfigBase):
+    """The causal Transformer baseline LM (newllm/baselines.py): pre-LN blocks, learned positions, GELU MLP.
+
+    ``embed_dim`` None: the token embedding is d_model wide; otherwise it is projected to d_model.
+    """
+
+    vocab_size: int = 1000
+    d_model: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    max_seq_len: int = 256
+    embed_dim: Optional[int] = None
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._positive_int("vocab_size", 2)
+        self._positive_int("d_model")
+        self._positive_int("num_layers")
+        self._positive_int("num_heads")
+        self._require(
+            "num_heads", self.d_model % self.num_heads == 0,
+            f"a divisor of d_model={self.d_model} (each head gets d_model / num_heads dims)",
+        )
+        self._positive_int("max_seq_len")
+        self._optional_positive_int("embed_dim")
+        self._positive_int("mlp_ratio")
+        self._require("dropout", isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1, "a number in [0, 1)")
+
+
 # ------------------------------------------------------------------------------------------------ data
 
 TOKENIZERS = ("auto", "gpt2", "word", "bpe")
+HUB_DATASETS = ("ultrachat", "wikitext2")  # datasets fetched through `datasets.load_dataset`
 
 
 @dataclass(frozen=True)
@@ -205,6 +257,7 @@ class DataConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         self._require("dataset", isinstance(self.dataset, str) and self.dataset != "", "a dataset name or a path")
+        self._choice("hub_dataset", HUB_DATASETS)
         self._choice("tokenizer", TOKENIZERS)
         self._optional_positive_int("vocab_size", 5)
         self._positive_int("samples")
@@ -236,10 +289,18 @@ class Phase1Config(ConfigBase):
     tol: float = 1e-5  # parallel fixed-point sweeps stop at this max-abs change
     er_max_rows: int = 10000
     seed: int = 42
+    recurrence: str = "auto"  # exact evaluations: "auto", "loop", "sweeps", "segments" (newllm/recurrence.py)
+    final_contexts: str = "exact"  # result contexts: "exact" under the final weights, or the "last" iteration's outputs
+    er_every: int = 1  # train ER in the history every k iterations (0: only for the final contexts)
 
     def __post_init__(self) -> None:
         self._choice("solver", ("sequential", "parallel"))
         self._optional_positive_int("sweeps_per_step")
+        self._require(
+            "sweeps_per_step",
+            self.sweeps_per_step is None or self.solver == "parallel",
+            "None with solver='sequential' (it always uses exact contexts); set solver='parallel' to choose sweeps",
+        )
         self._choice("target", ("previous", "fixed"))
         self._choice("first_pass", ("exact", "random"))
         self._choice("streams", ("concat", "per_sample"))
@@ -261,6 +322,9 @@ class Phase1Config(ConfigBase):
         self._positive_float("tol")
         self._positive_int("er_max_rows", 2)
         self._positive_int("seed", 0)
+        self._choice("recurrence", ("auto", "loop", "sweeps", "segments"))
+        self._choice("final_contexts", ("exact", "last"))
+        self._positive_int("er_every", 0)
 
 
 # --------------------------------------------------------------------------------------------- phase 2
@@ -282,6 +346,16 @@ class Phase2Config(ConfigBase):
     memory_safety: float = 0.8  # plan to use at most this share of free memory
     max_oom_halvings: int = 3
     seed: int = 42
+    micro_batch_size: Optional[int] = None  # tokens per forward/backward pass; None: planned (fits in memory)
+    eval_batch_size: Optional[int] = None  # None: planned
+    amp: str = "auto"  # "auto": bf16 autocast on CUDA (fp16 + GradScaler below cc 8.0), fp32 on CPU; "off"
+    max_steps: Optional[int] = None  # stop after this many optimizer steps in total (budgeted runs)
+    checkpoint_every_steps: Optional[int] = None  # None: checkpoint at the end of each epoch only
+    cache_dir: Optional[str] = None  # folder for a disk cache; None: a temporary folder, removed afterwards
+    cache_build_method: str = "auto"  # recurrence.evaluate_contexts method: "auto", "loop", "sweeps", "segments"
+    cache_build_tol: float = 1e-5  # the recurrence's max-abs tolerance (sweeps, segment joins)
+    cache_burn_in: Optional[int] = None  # "segments" burn-in tokens; None: the recurrence module's default
+    cache_segment_tokens: Optional[int] = None  # "segments" window length; None: chosen by the recurrence module
 
     def __post_init__(self) -> None:
         self._positive_float("lr")
@@ -289,6 +363,15 @@ class Phase2Config(ConfigBase):
         self._positive_int("epochs")
         self._positive_int("patience")
         self._optional_positive_int("batch_size")
+        self._optional_positive_int("micro_batch_size")
+        self._optional_positive_int("eval_batch_size")
+        self._choice("amp", ("auto", "off"))
+        self._optional_positive_int("max_steps")
+        self._optional_positive_int("checkpoint_every_steps")
+        self._choice("cache_build_method", ("auto", "loop", "sweeps", "segments"))
+        self._positive_float("cache_build_tol")
+        self._optional_positive_int("cache_burn_in", 0)
+        self._optional_positive_int("cache_segment_tokens")
         self._choice("schedule", ("constant", "cosine"))
         self._choice("cache_dtype", ("auto", "float32", "bfloat16", "float16"))
         self._choice("cache_placement", ("auto", "gpu", "cpu", "disk"))

@@ -1,0 +1,192 @@
+"""Notebook parameters: presets and validation.
+
+Every notebook's ``parameters`` cell sets its knobs to ``None`` ("use the preset") or to a value. ``resolve``
+fills the ``None`` ones from the chosen preset: on a CUDA GPU ("gpu") the seeds' real experiments (GPT-2 tokenizer,
+768 dims, 6 layers, samples [50, 100, 200, 500], ...); on a CPU ("cpu") a small version that finishes in a few minutes
+on 2 cores. ``preset="auto"`` picks by the hardware. An explicit parameter always wins over the preset, and every
+value is checked here, so a bad parameter stops the parameters cell with a message that says what to pass instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+PRESETS = ("auto", "cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One notebook parameter: its kind and its value under each preset."""
+
+    kind: str  # "int", "int_list", "float", "float_list", "str", "str_list", "bool", "optional_str", "optional_int"
+    cpu: Any
+    gpu: Any
+    help: str = ""
+    choices: Optional[tuple] = None
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+
+
+COMMON_MODEL = {
+    "dataset": Param("str", "builtin", "auto", "'auto', 'builtin', 'wikitext2', 'ultrachat' or a local path"),
+    "tokenizer": Param("str", "auto", "gpt2", "tokenizer", choices=("auto", "gpt2", "word", "bpe")),
+    "ctx_dim": Param("int", 64, 768, "context vector width", minimum=1),
+    "embed_dim": Param("int", 64, 768, "token embedding width (768 for GPT-2 embeddings)", minimum=1),
+    "layers": Param("int", 2, 6, "layers in each of ContextBlock and TokenBlock", minimum=1),
+    "num_input_tokens": Param("int", 1, 1, "k: how many recent tokens form the token input", minimum=1),
+    "seed": Param("int", 42, 42, "random seed", minimum=0),
+}
+
+PHASES = {
+    "dist_reg_weight": Param("float", 0.6, 0.6, "w in (1-w)*CVFP + w*diversity", minimum=0.0, maximum=1.0),
+    "phase1_solver": Param("str", "parallel", "parallel", "Phase 1 solver", choices=("sequential", "parallel")),
+    "phase1_max_iterations": Param("int", 10, 40, "Phase 1 iterations at most", minimum=1),
+    "phase1_min_iterations": Param("int", 3, 5, "Phase 1 iterations at least", minimum=1),
+    "phase2_epochs": Param("int", 3, 10, "Phase 2 epochs", minimum=1),
+    "phase2_patience": Param("int", 2, 2, "Phase 2 early-stopping patience", minimum=1),
+    "phase2_lr": Param("float", 1e-3, 1e-3, "Phase 2 learning rate", minimum=1e-12),
+    "val_samples": Param("int", 10, 20, "held-out validation documents (fixed for every size)", minimum=1),
+}
+
+NOTEBOOK_PARAMS: dict[str, dict[str, Param]] = {
+    "scaling": {
+        "samples": Param("int_list", [10, 20, 40], [50, 100, 200, 500], "training documents per size", minimum=1),
+        "seeds": Param("int_list", [42], [42], "seeds per size (mean and std are reported)", minimum=0),
+        "baselines": Param("str_list", [], [], "baselines trained on the same data", choices=("lstm", "transformer")),
+        **COMMON_MODEL,
+        **PHASES,
+    },
+    "parallel_tuning": {
+        "samples": Param("int", 10, 50, "training documents", minimum=1),
+        "iterations": Param("int_list", [3, 6], [10, 20, 30, 50], "Phase 1 max iterations (grid axis)", minimum=1),
+        "weights": Param("float_list", [0.5, 0.9], [0.5, 0.7, 0.8, 0.9], "dist_reg_weight values (grid axis)",
+                         minimum=0.0, maximum=1.0),
+        "solvers": Param("str_list", ["sequential", "parallel"], ["sequential", "parallel"], "solvers (grid axis)",
+                         choices=("sequential", "parallel")),
+        **COMMON_MODEL,
+        **{k: v for k, v in PHASES.items() if k in ("val_samples", "phase1_min_iterations")},
+    },
+    "optimize_dist_reg_weight": {
+        "samples": Param("int", 5, 50, "training documents", minimum=1),
+        "n_trials": Param("int", 6, 20, "Optuna trials in all (a resumed study runs the rest)", minimum=1),
+        "timeout": Param("optional_int", None, None, "stop after this many seconds (None: no limit)", minimum=1),
+        "study_name": Param("str", "dist_reg_weight", "dist_reg_weight", "study name (resumes when it exists)"),
+        "storage": Param("optional_str", None, None, "None: a journal file under results/; or an RDB URL"),
+        "w_low": Param("float", 0.5, 0.5, "lower end of the dist_reg_weight range", minimum=0.0, maximum=1.0),
+        "w_high": Param("float", 0.999, 0.999, "upper end of the dist_reg_weight range", minimum=0.0, maximum=1.0),
+        **COMMON_MODEL,
+        **PHASES,
+    },
+    "advanced_training": {
+        "model_family": Param("str", "gated", "gated", "'gated' (end-to-end LM) or 'cvfp' (two-phase model)",
+                              choices=("gated", "cvfp")),
+        "dataset": Param("str", "builtin", "wikitext2", "'wikitext2', 'builtin' or a local path"),
+        "ctx_dim": Param("int", 64, 512, "context vector width", minimum=1),
+        "layers": Param("int", 2, 12, "layers", minimum=1),
+        "quantization": Param("str", "none", "none", "'none' or 'int8' (post-training, for inference)",
+                              choices=("none", "int8")),
+        "vocab_size": Param("int", 1000, 1000, "word-level vocabulary (gated LM)", minimum=5),
+        "epochs": Param("int", 2, 50, "epochs", minimum=1),
+        "max_updates": Param("optional_int", 150, None, "stop after this many optimizer steps (None: no limit)",
+                             minimum=1),
+        "batch_size": Param("optional_int", 32, 512, "batch size (None: from free GPU memory)", minimum=1),
+        "lr": Param("float", 1e-3, 1e-4, "learning rate", minimum=1e-12),
+        "schedule": Param("str", "constant", "constant", "LR schedule", choices=("constant", "cosine")),
+        "resume_from": Param("optional_str", None, None, "a checkpoint to resume from"),
+        "seed": Param("int", 42, 42, "random seed", minimum=0),
+    },
+}
+
+
+def choose_preset(preset: str, cuda_available: Optional[bool] = None) -> str:
+    """'auto' -> 'gpu' on a CUDA machine, else 'cpu'; 'cpu'/'gpu' pass through; anything else is an error."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset={preset!r} is unknown: use one of {', '.join(map(repr, PRESETS))}")
+    if preset != "auto":
+        return preset
+    available = torch.cuda.is_available() if cuda_available is None else cuda_available
+    return "gpu" if available else "cpu"
+
+
+def _check(name: str, spec: Param, value: Any) -> Any:
+    def bad(expected: str) -> ValueError:
+        return ValueError(f"parameter {name}={value!r} is not allowed: {expected}" + (f" ({spec.help})" if spec.help else ""))
+
+    def number(v: Any, integer: bool) -> Any:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not float(v).is_integer()):
+            raise bad("an integer" if integer else "a number")
+        v = int(v) if integer else float(v)
+        if spec.minimum is not None and v < spec.minimum:
+            raise bad(f"a value >= {spec.minimum}")
+        if spec.maximum is not None and v > spec.maximum:
+            raise bad(f"a value <= {spec.maximum}")
+        return v
+
+    def text(v: Any) -> str:
+        if not isinstance(v, str):
+            raise bad("a string")
+        if spec.choices is not None and v not in spec.choices:
+            raise bad("one of " + ", ".join(map(repr, spec.choices)))
+        return v
+
+    kind = spec.kind
+    if kind.startswith("optional_"):
+        if value is None:
+            return None
+        kind = kind[len("optional_"):]
+    if kind.endswith("_list"):
+        items = value if isinstance(value, (list, tuple)) else [value]  # one value is a list of one
+        item_kind = kind[: -len("_list")]
+        if item_kind == "str":
+            checked = [text(v) for v in items]
+        else:
+            checked = [number(v, item_kind == "int") for v in items]
+        if not checked and name not in ("baselines",):
+            raise bad("a non-empty list")
+        return checked
+    if isinstance(value, (list, tuple)):
+        raise bad("one value, not a list")
+    if kind in ("int", "float"):
+        return number(value, kind == "int")
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise bad("True or False")
+        return value
+    return text(value)
+
+
+def resolve(notebook: str, preset: str = "auto", cuda_available: Optional[bool] = None, **given: Any) -> dict:
+    """The notebook's parameters with ``None`` filled from the preset; explicit values win and are validated.
+
+    Returns a dict that also records ``preset`` (the requested one) and ``preset_used`` ("cpu" or "gpu").
+    """
+    if notebook not in NOTEBOOK_PARAMS:
+        raise ValueError(f"unknown notebook {notebook!r}: one of {sorted(NOTEBOOK_PARAMS)}")
+    specs = NOTEBOOK_PARAMS[notebook]
+    unknown = sorted(set(given) - set(specs))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for {notebook}.ipynb; known: {sorted(specs)}")
+    used = choose_preset(preset, cuda_available)
+    values: dict[str, Any] = {"preset": preset, "preset_used": used}
+    for name, spec in specs.items():
+        value = given.get(name)
+        if value is None:
+            value = spec.gpu if used == "gpu" else spec.cpu
+            values[name] = _check(name, spec, value) if value is not None else None
+        else:
+            values[name] = _check(name, spec, value)
+    return values
+
+
+def parameter_table(notebook: str) -> "Any":
+    """A DataFrame describing the notebook's parameters and both presets (for docs and the notebooks)."""
+    import pandas as pd
+
+    rows = [
+        {"parameter": name, "cpu preset": spec.cpu, "gpu preset": spec.gpu, "meaning": spec.help}
+        for name, spec in NOTEBOOK_PARAMS[notebook].items()
+    ]
+    return pd.DataFrame(rows)

@@ -1,0 +1,55 @@
+import threading
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pytest
+
+from newllm.config import ModelConfig
+from newllm.runs import RunFolder, original_run_name, safe_name
+
+
+def test_original_naming_pattern():
+    assert original_run_name(512, 12, "int8") == "new_llm_wikitext_ctx512_layers12_int8"
+    assert original_run_name(256, 6) == "new_llm_wikitext_ctx256_layers6"
+
+
+def test_runs_never_overwrite(tmp_path):
+    first = RunFolder.create("scaling", "ctx768", tmp_path)
+    second = RunFolder.create("scaling", "ctx768", tmp_path)
+    assert first.path != second.path
+    assert second.name == "ctx768_2"
+
+
+def test_concurrent_creation_gets_distinct_folders(tmp_path):
+    made = []
+    threads = [threading.Thread(target=lambda: made.append(RunFolder.create("e", "r", tmp_path).path)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(made)) == 8
+
+
+def test_config_tables_and_figures(tmp_path):
+    run = RunFolder.create("exp", "one", tmp_path)
+    run.write_config(model=ModelConfig(ctx_dim=16), resolved={"dataset": "builtin"})
+    assert run.read_config()["model"]["ctx_dim"] == 16
+    run.append_row("metrics", {"samples": 50, "ppl": 10.5})
+    run.append_row("metrics", {"samples": 100, "ppl": 8.25})
+    table = run.read_table("metrics")
+    assert table["ppl"].tolist() == [10.5, 8.25]
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], [3, 4])
+    png = run.save_figure(fig, "curve")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    plt.close(fig)
+
+
+def test_resume_requires_an_existing_run_and_names_are_sanitised(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        RunFolder.create("exp", "missing", tmp_path, resume=True)
+    assert safe_name("a b/c") == "a_b_c"
+    with pytest.raises(ValueError):
+        safe_name("///")
