@@ -337,7 +337,7 @@ class Phase2Config(ConfigBase):
     grad_clip: float = 1.0
     epochs: int = 10
     patience: int = 2
-    batch_size: Optional[int] = None  # tokens per step; None: chosen by the memory planner
+    batch_size: Optional[int] = None  # tokens per optimizer step; None: the planner's default (CPU 512, GPU 4096)
     shuffle: bool = True
     schedule: str = "constant"  # or "cosine"
     cache_dtype: str = "auto"  # "auto", "float32", "bfloat16", "float16"
