@@ -286,7 +286,7 @@ class Phase1Config(ConfigBase):
     max_iterations: int = 40
     noise_std: float = 0.1  # parallel solver only: Gaussian noise on the shifted input contexts
     chunk_size: int = 8000  # gradient accumulation chunk (tokens)
-    tol: float = 1e-5  # parallel fixed-point sweeps stop at this max-abs change
+    tol: float = 1e-5  # exact evaluations (sweeps, segment boundaries) stop at this max-abs change
     er_max_rows: int = 10000
     seed: int = 42
     recurrence: str = "auto"  # exact evaluations: "auto", "loop", "sweeps", "segments" (newllm/recurrence.py)
