@@ -213,7 +213,13 @@ class TokenStreams:
 
 
 def _as_id_tensor(ids: TokenIds, what: str) -> torch.Tensor:
-    tensor = torch.as_tensor(np.asarray(ids) if not isinstance(ids, torch.Tensor) else ids)
+    if not isinstance(ids, torch.Tensor):
+        array = np.asarray(ids)
+        if array.size and array.dtype.kind not in "iu":
+            raise ValueError(f"{what} must hold integer token ids, got dtype {array.dtype}")
+        # memory-mapped corpora are read-only: copy into a writable array before handing them to torch
+        ids = torch.from_numpy(array.astype(np.int64, copy=True))  # (an empty list arrives as float64)
+    tensor = ids
     if tensor.dim() != 1:
         raise ValueError(f"{what} must be 1-D token ids, got shape {tuple(tensor.shape)}")
     if tensor.numel() == 0:
