@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from newllm.recurrence import evaluate_contexts
+from newllm.token_ids import split_streams
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _NUMPY_STORAGE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}  # bf16: bit pattern
@@ -94,7 +95,7 @@ def make_streams(ids: Union[IdsLike, Sequence[IdsLike]], streams: str = "concat"
     """
     if streams not in ("concat", "per_sample"):
         raise ValueError(f"streams={streams!r}: use 'concat' or 'per_sample'")
-    docs = _as_documents(ids)
+    docs = split_streams(ids)
     if streams == "concat":
         docs = [torch.cat(docs)] if docs else []
     docs = [d for d in docs if d.numel() >= 2]
@@ -105,25 +106,6 @@ def make_streams(ids: Union[IdsLike, Sequence[IdsLike]], streams: str = "concat"
     inputs = torch.cat([d[:-1] for d in docs])
     targets = torch.cat([d[1:] for d in docs])
     return TokenStreams(inputs, targets, starts)
-
-
-def _as_documents(ids) -> list[torch.Tensor]:
-    if isinstance(ids, (torch.Tensor, np.ndarray)):
-        tensor = torch.as_tensor(ids)
-        if tensor.dim() != 1:
-            raise ValueError(
-                f"token ids must be 1-D (one stream) or a list of 1-D documents, got shape {tuple(tensor.shape)}"
-            )
-        return [tensor.long()]
-    if len(ids) and all(isinstance(v, (int, np.integer)) for v in ids):
-        return [torch.as_tensor(list(ids), dtype=torch.int64)]
-    docs = []
-    for doc in ids:
-        tensor = torch.as_tensor(doc)
-        if tensor.dim() != 1:
-            raise ValueError(f"each document must be a 1-D id sequence, got shape {tuple(tensor.shape)}")
-        docs.append(tensor.long())
-    return docs
 
 
 def token_inputs(model, window_ids: torch.Tensor) -> torch.Tensor:

@@ -45,8 +45,7 @@ from newllm.model import CVFPModel, ContextBlock
 from newllm.recurrence import RecurrenceResult, TokenInputs, evaluate_contexts, valid_mask
 from newllm.runtime import seed_everything
 
-TokenIds = Union[torch.Tensor, np.ndarray, Sequence[int]]
-StreamsInput = Union[TokenIds, Sequence[TokenIds]]
+from newllm.token_ids import StreamsInput, TokenIds, split_streams  # noqa: F401 (re-exported)
 RANDOM_FIRST_PASS_STD = 0.01
 
 
@@ -210,40 +209,6 @@ class TokenStreams:
 
     def _mask(self) -> torch.Tensor:
         return valid_mask(self.padded_lengths(), max(self.lengths))
-
-
-def _as_id_tensor(ids: TokenIds, what: str) -> torch.Tensor:
-    if not isinstance(ids, torch.Tensor):
-        array = np.asarray(ids)
-        if array.size and array.dtype.kind not in "iu":
-            raise ValueError(f"{what} must hold integer token ids, got dtype {array.dtype}")
-        # memory-mapped corpora are read-only: copy into a writable array before handing them to torch
-        ids = torch.from_numpy(array.astype(np.int64, copy=True))  # (an empty list arrives as float64)
-    tensor = ids
-    if tensor.dim() != 1:
-        raise ValueError(f"{what} must be 1-D token ids, got shape {tuple(tensor.shape)}")
-    if tensor.numel() == 0:
-        raise ValueError(f"{what} is empty: every stream needs at least one token")
-    if tensor.dtype.is_floating_point or tensor.dtype == torch.bool:
-        raise ValueError(f"{what} must hold integer token ids, got dtype {tensor.dtype}")
-    return tensor.long()
-
-
-def split_streams(ids_or_streams: StreamsInput) -> list[torch.Tensor]:
-    """One stream (1-D ids) -> [stream]; a list of 1-D id sequences or a 2-D array [B, T] -> its rows."""
-    if isinstance(ids_or_streams, (torch.Tensor, np.ndarray)):
-        data = ids_or_streams
-        if data.ndim == 1:
-            return [_as_id_tensor(data, "the token stream")]
-        if data.ndim == 2:
-            return [_as_id_tensor(row, f"stream {i}") for i, row in enumerate(data)]
-        raise ValueError(f"token ids must be 1-D (one stream) or 2-D (streams), got shape {tuple(data.shape)}")
-    items = list(ids_or_streams)
-    if not items:
-        raise ValueError("no token streams given")
-    if all(isinstance(item, (int, np.integer)) for item in items):
-        return [_as_id_tensor(items, "the token stream")]
-    return [_as_id_tensor(item, f"stream {i}") for i, item in enumerate(items)]
 
 
 def prepare_streams(model: CVFPModel, ids_or_streams: StreamsInput, streams: str = "concat") -> TokenStreams:

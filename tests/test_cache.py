@@ -61,8 +61,9 @@ def test_per_sample_streams_never_cross_documents():
 def test_stream_inputs_accept_flat_ids_and_reject_bad_shapes():
     assert make_streams([5, 6, 7]).targets.tolist() == [6, 7]
     assert make_streams(np.array([5, 6, 7])).inputs.tolist() == [5, 6]
+    assert make_streams(torch.arange(6).reshape(2, 3), "per_sample").targets.tolist() == [1, 2, 4, 5]  # rows
     with pytest.raises(ValueError, match="1-D"):
-        make_streams(torch.zeros(2, 3, dtype=torch.long))
+        make_streams(torch.zeros(2, 3, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="nothing to predict"):
         make_streams([torch.tensor([1])], "per_sample")
     with pytest.raises(ValueError, match="streams="):
