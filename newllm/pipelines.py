@@ -7,14 +7,13 @@ fit, table, plot) into a run folder.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import pandas as pd
 
 from newllm.config import DataConfig, ModelConfig, Phase1Config, Phase2Config
-from newllm.experiments import SCALING_TABLE, CVFPSettings, run_scaling
+from newllm.experiments import CVFPSettings
 from newllm.presets import resolve
 from newllm.runs import RunFolder
 from newllm.scaling import PowerLawFit, SaturatingFit, aggregate_seeds, extrapolation_table, fit_power_law, fit_saturating
@@ -88,21 +87,9 @@ def scaling_from_parameters(
     progress: bool = True,
     **parameters: Any,
 ) -> ScalingOutcome:
-    """Resolve the scaling notebook's parameters, run the sweep, fit, and write table + plot to a run folder."""
-    from newllm.plots import plot_scaling
+    """Resolve the scaling notebook's parameters, then run its sweep (table, fits, plot) into a run folder."""
+    from newllm.notebook_pipelines import run_scaling_sweep
 
     values = resolve("scaling", preset, **{k: v for k, v in parameters.items() if v is not None})
-    name = run_name or f"{values['dataset'].replace('/', '_')}_ctx{values['ctx_dim']}_layers{values['layers']}"
-    run = RunFolder.create(experiment, name, results_dir, resume=resume)
-    settings = settings_from_parameters(values)
-    run.write_json("parameters", values)
-    table = run_scaling(values["samples"], settings, run, seeds=values["seeds"], baselines=values["baselines"],
-                        progress=progress)
-    points, power, saturating, extrapolation = fit_scaling_table(table)
-    run.write_table("extrapolation", extrapolation)
-    run.write_json("fits", {"power_law": power.to_dict(),
-                            "saturating": saturating.to_dict() if saturating is not None else None})
-    figure = plot_scaling(points, power_law=power, saturating=saturating, size_col="train_tokens",
-                          value_col="val_ppl")
-    run.save_figure(figure, "ppl_vs_tokens")
-    return ScalingOutcome(run, table, points, power, saturating, extrapolation, values)
+    return run_scaling_sweep(values, results_dir, run_name=run_name, resume=resume, progress=progress,
+                             experiment=experiment)

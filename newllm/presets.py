@@ -21,7 +21,7 @@ PRESETS = ("auto", "cpu", "gpu")
 class Param:
     """One notebook parameter: its kind and its value under each preset."""
 
-    kind: str  # "int", "int_list", "float", "float_list", "str", "str_list", "bool", "optional_str", "optional_int"
+    kind: str  # "int", "int_list", "float", "float_list", "str", "str_list", "bool", or "optional_" + a scalar kind
     cpu: Any
     gpu: Any
     help: str = ""
@@ -48,19 +48,19 @@ PHASES = {
     "phase2_epochs": Param("int", 3, 10, "Phase 2 epochs", minimum=1),
     "phase2_patience": Param("int", 2, 2, "Phase 2 early-stopping patience", minimum=1),
     "phase2_lr": Param("float", 1e-3, 1e-3, "Phase 2 learning rate", minimum=1e-12),
-    "val_samples": Param("int", 10, 20, "held-out validation documents (fixed for every size)", minimum=1),
+    "val_samples": Param("int", 2, 20, "held-out validation documents (fixed for every size)", minimum=1),
 }
 
 NOTEBOOK_PARAMS: dict[str, dict[str, Param]] = {
     "scaling": {
-        "samples": Param("int_list", [10, 20, 40], [50, 100, 200, 500], "training documents per size", minimum=1),
+        "samples": Param("int_list", [2, 4, 8, 16], [50, 100, 200, 500], "training documents per size", minimum=1),
         "seeds": Param("int_list", [42], [42], "seeds per size (mean and std are reported)", minimum=0),
         "baselines": Param("str_list", [], [], "baselines trained on the same data", choices=("lstm", "transformer")),
         **COMMON_MODEL,
         **PHASES,
     },
     "parallel_tuning": {
-        "samples": Param("int", 10, 50, "training documents", minimum=1),
+        "samples": Param("int", 4, 50, "training documents", minimum=1),
         "iterations": Param("int_list", [3, 6], [10, 20, 30, 50], "Phase 1 max iterations (grid axis)", minimum=1),
         "weights": Param("float_list", [0.5, 0.9], [0.5, 0.7, 0.8, 0.9], "dist_reg_weight values (grid axis)",
                          minimum=0.0, maximum=1.0),
@@ -70,7 +70,7 @@ NOTEBOOK_PARAMS: dict[str, dict[str, Param]] = {
         **{k: v for k, v in PHASES.items() if k in ("val_samples", "phase1_min_iterations")},
     },
     "optimize_dist_reg_weight": {
-        "samples": Param("int", 5, 50, "training documents", minimum=1),
+        "samples": Param("int", 4, 50, "training documents", minimum=1),
         "n_trials": Param("int", 6, 20, "Optuna trials in all (a resumed study runs the rest)", minimum=1),
         "timeout": Param("optional_int", None, None, "stop after this many seconds (None: no limit)", minimum=1),
         "study_name": Param("str", "dist_reg_weight", "dist_reg_weight", "study name (resumes when it exists)"),
@@ -84,19 +84,30 @@ NOTEBOOK_PARAMS: dict[str, dict[str, Param]] = {
         "model_family": Param("str", "gated", "gated", "'gated' (end-to-end LM) or 'cvfp' (two-phase model)",
                               choices=("gated", "cvfp")),
         "dataset": Param("str", "builtin", "wikitext2", "'wikitext2', 'builtin' or a local path"),
+        "tokenizer": Param("str", "auto", "auto", "'auto' (gated: word; cvfp: GPT-2 for hub data, word for builtin); "
+                           "'gpt2' and 'bpe' for cvfp only", choices=("auto", "gpt2", "word", "bpe")),
+        "samples": Param("int", 8, 200, "training documents (cvfp; gated: built-in corpus only, WikiText-2 is used "
+                         "whole)", minimum=1),
+        "val_samples": Param("int", 2, 20, "validation documents (cvfp; gated: built-in corpus only)", minimum=1),
         "ctx_dim": Param("int", 64, 512, "context vector width", minimum=1),
+        "embed_dim": Param("optional_int", None, None, "token embedding width (None: gated 256 as in seed 001; "
+                           "cvfp 768 with GPT-2 tokens, else ctx_dim)", minimum=1),
         "layers": Param("int", 2, 12, "layers", minimum=1),
         "quantization": Param("str", "none", "none", "'none' or 'int8' (post-training, for inference)",
                               choices=("none", "int8")),
         "vocab_size": Param("int", 1000, 1000, "word-level vocabulary (gated LM)", minimum=5),
-        "epochs": Param("int", 2, 50, "epochs", minimum=1),
-        "max_updates": Param("optional_int", 150, None, "stop after this many optimizer steps (None: no limit)",
-                             minimum=1),
-        "batch_size": Param("optional_int", 32, 512, "batch size (None: from free GPU memory)", minimum=1),
-        "lr": Param("float", 1e-3, 1e-4, "learning rate", minimum=1e-12),
+        "epochs": Param("int", 3, 50, "epochs", minimum=1),
+        "max_updates": Param("optional_int", None, None, "stop after this many optimizer steps (cvfp: Phase-2 "
+                             "steps; None: no limit)", minimum=1),
+        "batch_size": Param("optional_int", None, None, "gated: windows per batch (None: 512 on a GPU as in seed "
+                            "001, 32 on a CPU); cvfp: Phase-2 tokens per step (None: the memory planner's)", minimum=1),
+        "lr": Param("optional_float", 1e-3, None, "learning rate (None: gated 1e-4 as in seed 001; cvfp Phase 2 "
+                    "1e-3)", minimum=1e-12),
         "schedule": Param("str", "constant", "constant", "LR schedule", choices=("constant", "cosine")),
-        "resume_from": Param("optional_str", None, None, "a checkpoint to resume from"),
+        "resume_from": Param("optional_str", None, None, "a checkpoint to resume from (gated LM)"),
         "seed": Param("int", 42, 42, "random seed", minimum=0),
+        **{k: v for k, v in PHASES.items()
+           if k in ("dist_reg_weight", "phase1_solver", "phase1_max_iterations", "phase1_min_iterations")},
     },
 }
 
