@@ -347,23 +347,18 @@ class CVFPModel(nn.Module):
         generator: Optional[torch.Generator] = None,
     ) -> torch.Tensor:
         """Continue ids [B, T] (or [T]) by ``max_new_tokens`` sampled tokens; temperature 0 means greedy."""
-        squeeze = ids.dim() == 1
-        if squeeze:
-            ids = ids.unsqueeze(0)
-        if ids.shape[1] == 0:
-            raise ValueError("generate needs a prompt of at least one token")
-        out = self.forward(ids)
-        context, logits = out.context, out.logits[:, -1]
         k = self.cfg.num_input_tokens
-        for _ in range(max_new_tokens):
-            next_id = sample_next(logits, temperature, top_k, generator)
-            ids = torch.cat([ids, next_id[:, None]], dim=1)
-            x = self.embed_tokens(ids[:, -k:])[:, -1]
-            per_layer = self.context_block.forward_all(context, x)
-            context = per_layer[-1]
-            logits = self.predict(per_layer, x)
-        return ids[0] if squeeze else ids
 
+        def start(prompt: torch.Tensor):
+            out = self.forward(prompt)
+            return out.context, out.logits[:, -1]
+
+        def step(context: torch.Tensor, so_far: torch.Tensor):
+            x = self.embed_tokens(so_far[:, -k:])[:, -1]
+            per_layer = self.context_block.forward_all(context, x)
+            return per_layer[-1], self.predict(per_layer, x)
+
+        return generate_tokens(ids, max_new_tokens, temperature, top_k, generator, start, step)
 
 def sample_next(
     logits: torch.Tensor, temperature: float, top_k: Optional[int], generator: Optional[torch.Generator] = None
@@ -381,6 +376,22 @@ def sample_next(
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def generate_tokens(ids, max_new_tokens, temperature, top_k, generator, start, step) -> torch.Tensor:
+    """The sampling loop both models share: ``start(prompt) -> (state, last logits)`` runs the prompt, then
+    ``step(state, ids so far) -> (state, next logits)`` advances one token at a time."""
+    squeeze = ids.dim() == 1
+    if squeeze:
+        ids = ids.unsqueeze(0)
+    if ids.shape[1] == 0:
+        raise ValueError("generate needs a prompt of at least one token")
+    state, logits = start(ids)
+    for _ in range(max_new_tokens):
+        next_id = sample_next(logits, temperature, top_k, generator)
+        ids = torch.cat([ids, next_id[:, None]], dim=1)
+        state, logits = step(state, ids)
+    return ids[0] if squeeze else ids
 
 
 def build_cvfp_model(cfg: ModelConfig, loader=load_gpt2_embeddings) -> tuple[CVFPModel, EmbeddingChoice]:
@@ -447,16 +458,13 @@ class GatedContextLM(nn.Module):
         generator: Optional[torch.Generator] = None,
     ) -> torch.Tensor:
         """Re-run the prefix, then step one token at a time (temperature 0 = greedy)."""
-        squeeze = ids.dim() == 1
-        if squeeze:
-            ids = ids.unsqueeze(0)
-        if ids.shape[1] == 0:
-            raise ValueError("generate needs a prompt of at least one token")
-        logits, context = self.forward(ids)
-        last = logits[:, -1]
-        for _ in range(max_new_tokens):
-            next_id = sample_next(last, temperature, top_k, generator)
-            ids = torch.cat([ids, next_id[:, None]], dim=1)
-            step_logits, context = self.forward(next_id[:, None], context)
-            last = step_logits[:, -1]
-        return ids[0] if squeeze else ids
+
+        def start(prompt: torch.Tensor):
+            logits, context = self.forward(prompt)
+            return context, logits[:, -1]
+
+        def step(context: torch.Tensor, so_far: torch.Tensor):
+            logits, context = self.forward(so_far[:, -1:], context)
+            return context, logits[:, -1]
+
+        return generate_tokens(ids, max_new_tokens, temperature, top_k, generator, start, step)

@@ -13,13 +13,7 @@ from newllm.recurrence import token_loop
 TOLERANCE = {"float32": 1e-4, "float16": 5 * 2**-11 + 1e-4, "bfloat16": 5 * 2**-8 + 1e-4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds barrier waits (10x slower on the shared, loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(k: int = 1, all_layers: bool = True, seed: int = 0) -> CVFPModel:

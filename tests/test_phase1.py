@@ -24,13 +24,7 @@ from newllm.recurrence import evaluate_contexts
 VOCAB = 80
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny per-token ops: one intra-op thread avoids OpenMP stalls when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(seed: int = 0, dims: int = 32, layers: int = 2) -> CVFPModel:

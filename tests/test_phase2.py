@@ -20,13 +20,7 @@ BUDGET = MemoryBudget.simulated(None, host_gib=8, disk_gib=8)  # a fixed machine
 METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "val_ppl"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds barrier waits (10x slower on the shared, loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(seed: int = 0, **overrides) -> CVFPModel:

@@ -25,13 +25,7 @@ TOL = 1e-5
 EXACT = 1e-4  # max-abs agreement required of every method with the reference (fp32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny per-token ops: one intra-op thread avoids OpenMP stalls when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_block(seed: int = 0, dims: int = 32, layers: int = 2, all_layers: bool = True) -> ContextBlock:
