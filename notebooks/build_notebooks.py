@@ -87,6 +87,21 @@ def header(notebook: str, title: str, text: str, headless: str) -> list[nbformat
     ]
 
 
+def cvfp_size_cells() -> list:
+    """The CVFP notebooks' sliders for ctx_dim, layers and data size, with the live parameter count and memory plan."""
+    return [
+        new_markdown_cell("## Model and data size"),
+        new_code_cell('''\
+from newllm.widgets import notebook_controls
+
+sizes = nbp.data_sizes(values)
+box, controls = notebook_controls("cvfp", values, vocab_size=sizes.vocab_size, embed_dim=values["embed_dim"],
+                                  tokens_per_sample=sizes.tokens_per_sample, val_tokens=sizes.val_tokens)
+display(box)
+print(controls.summary())'''),
+    ]
+
+
 def notebook(name: str, cells: list[nbformat.NotebookNode]) -> nbformat.NotebookNode:
     for i, cell in enumerate(cells):
         cell.id = f"{name.replace('_', '-')}-{i:02d}"  # stable ids: regenerating changes nothing that did not change
@@ -218,15 +233,7 @@ def parallel_tuning() -> nbformat.NotebookNode:
                 'papermill notebooks/parallel_tuning.ipynb out.ipynb -y "weights: [0.5, 0.9]"'),
         parameters_cell(name, {}),
         resolve_cell(name),
-        new_markdown_cell("## Model and data size"),
-        new_code_cell('''\
-from newllm.widgets import notebook_controls
-
-sizes = nbp.data_sizes(values)
-box, controls = notebook_controls("cvfp", values, vocab_size=sizes.vocab_size, embed_dim=values["embed_dim"],
-                                  tokens_per_sample=sizes.tokens_per_sample, val_tokens=sizes.val_tokens)
-display(box)
-print(controls.summary())'''),
+        *cvfp_size_cells(),
         new_markdown_cell("## The grid"),
         new_code_cell('''\
 values = controls.apply(values)
@@ -266,15 +273,7 @@ def optimize_dist_reg_weight() -> nbformat.NotebookNode:
                 "papermill notebooks/optimize_dist_reg_weight.ipynb out.ipynb -p n_trials 40"),
         parameters_cell(name, {}),
         resolve_cell(name),
-        new_markdown_cell("## Model and data size"),
-        new_code_cell('''\
-from newllm.widgets import notebook_controls
-
-sizes = nbp.data_sizes(values)
-box, controls = notebook_controls("cvfp", values, vocab_size=sizes.vocab_size, embed_dim=values["embed_dim"],
-                                  tokens_per_sample=sizes.tokens_per_sample, val_tokens=sizes.val_tokens)
-display(box)
-print(controls.summary())'''),
+        *cvfp_size_cells(),
         new_markdown_cell("## The study"),
         new_code_cell('''\
 values = controls.apply(values)
