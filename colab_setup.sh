@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set newllm up on Google Colab (or any fresh Linux machine with Python >= 3.10).
 #   bash colab_setup.sh            clone or update the repo and install the requirements (never touching torch)
-#   MOUNT_DRIVE=1 ...              (Colab) results/ and checkpoints go to Google Drive so they survive disconnects
+# Google Drive: set MOUNT_DRIVE = True in a notebook's first cell; mounting needs the notebook's kernel, so it is
+# done there (results then go to MyDrive/newllm-results through NEWLLM_RESULTS_DIR), not by this script.
 # Safe to run twice: an existing clone is updated with a fast-forward pull, nothing is wiped.
 set -euo pipefail
 REPO_URL="${NEWLLM_REPO_URL:-https://github.com/newllm/newllm.git}"
@@ -25,25 +26,4 @@ else
   python3 -m pip install -q -r requirements.txt -e .
 fi
 
-if [ "${MOUNT_DRIVE:-0}" = "1" ]; then
-  python3 - <<'PY'
-from pathlib import Path
-try:
-    from google.colab import drive  # type: ignore
-except ImportError:
-    print("colab_setup: MOUNT_DRIVE=1 ignored (not running on Colab)")
-else:
-    drive.mount("/content/drive")
-    target = Path("/content/drive/MyDrive/newllm-results")
-    target.mkdir(parents=True, exist_ok=True)
-    link = Path("results")
-    if link.is_symlink() or not link.exists():
-        if link.is_symlink():
-            link.unlink()
-        link.symlink_to(target)
-        print(f"colab_setup: results/ -> {target}")
-    else:
-        print("colab_setup: results/ already exists as a folder; leaving it (copy it to Drive by hand)")
-PY
-fi
 python3 -c "import newllm, torch; print('newllm', newllm.__version__, '| torch', torch.__version__, '| cuda', torch.cuda.is_available())"

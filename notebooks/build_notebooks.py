@@ -23,8 +23,8 @@ DEFAULT_REPO_URL = "https://github.com/newllm/newllm.git"
 
 COLAB_CELL = f'''\
 # Colab only: clone (or update) the kit and install its requirements, never touching Colab's torch
-# (colab_setup.sh; set NEWLLM_REPO_URL for a fork, MOUNT_DRIVE=1 to keep results/ on Google Drive).
-# Anywhere else this cell does nothing.
+# (colab_setup.sh; set NEWLLM_REPO_URL for a fork). Anywhere else this cell does nothing.
+MOUNT_DRIVE = False  # True: results and checkpoints go to Google Drive (MyDrive/newllm-results), surviving disconnects
 import os
 import subprocess
 import sys
@@ -37,6 +37,11 @@ if "google.colab" in sys.modules:  # Colab's kernel imports it at start-up
     subprocess.run(["bash", os.path.join(repo, "colab_setup.sh")], check=True, cwd="/content")
     os.chdir(os.path.join(repo, "notebooks"))
     sys.path.insert(0, repo)  # a running kernel does not see the fresh editable install
+    if MOUNT_DRIVE:
+        from google.colab import drive  # mounting must happen in the notebook's kernel, not in a subprocess
+
+        drive.mount("/content/drive")
+        os.environ["NEWLLM_RESULTS_DIR"] = "/content/drive/MyDrive/newllm-results"  # read by find_results_dir
 '''
 
 EXTRA_PARAMETERS = {  # parameters of the notebook itself, not of the presets

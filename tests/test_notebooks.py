@@ -6,7 +6,9 @@ at the cell after the parameters.
 """
 
 import json
+import os
 import sys
+import types
 from pathlib import Path
 
 import nbformat
@@ -68,6 +70,23 @@ def test_the_colab_cell_does_nothing_outside_colab(name, monkeypatch):
     assert calls[0][:4] == ["git", "clone", "--depth", "1"]
     assert calls[1] == ["bash", "/content/newllm/colab_setup.sh"]
     assert calls[2] == ["chdir", "/content/newllm/notebooks"] and sys.path[0] == "/content/newllm"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_colab_cell_mounts_drive_in_the_kernel_when_asked(name, monkeypatch):
+    source = _read(name).cells[1].source.replace("MOUNT_DRIVE = False", "MOUNT_DRIVE = True")
+    mounted = []
+    fake_drive = types.SimpleNamespace(mount=mounted.append)
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", types.SimpleNamespace(drive=fake_drive))
+    monkeypatch.setattr("subprocess.run", lambda *a, **k: None)
+    monkeypatch.setattr("os.chdir", lambda path: None)
+    monkeypatch.setattr("os.path.isdir", lambda path: True)
+    monkeypatch.setattr("sys.path", list(sys.path))
+    monkeypatch.delenv("NEWLLM_RESULTS_DIR", raising=False)
+    exec(source, {})
+    assert mounted == ["/content/drive"]
+    assert os.environ["NEWLLM_RESULTS_DIR"] == "/content/drive/MyDrive/newllm-results"
 
 
 def test_the_build_script_reproduces_the_committed_notebooks():
