@@ -11,7 +11,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import pandas as pd
 import torch
@@ -276,20 +276,3 @@ def dist_reg_objective(settings: CVFPSettings, progress: bool = False) -> Callab
         }
 
     return objective
-
-
-def describe_settings(settings: CVFPSettings, corpus_info: Optional[dict] = None) -> pd.DataFrame:
-    """A two-column table of the settings that matter, for the top of a notebook."""
-    model = settings.model
-    rows: list[tuple[str, Any]] = [
-        ("dataset", settings.data.dataset if corpus_info is None else corpus_info.get("dataset")),
-        ("tokenizer", settings.data.tokenizer if corpus_info is None else corpus_info.get("tokenizer")),
-        ("ctx_dim / embed_dim / layers / k", f"{model.ctx_dim} / {model.embed_dim} / {model.num_layers} / "
-                                              f"{model.num_input_tokens}"),
-        ("Phase 1", f"{settings.phase1.solver}, w={settings.phase1.dist_reg_weight}, "
-                    f"{settings.phase1.min_iterations}-{settings.phase1.max_iterations} iterations"),
-        ("Phase 2", f"{settings.phase2.epochs} epochs, lr {settings.phase2.lr}, patience {settings.phase2.patience}"),
-        ("device", str(resolve_device(settings.device))),
-        ("seed", settings.seed),
-    ]
-    return pd.DataFrame(rows, columns=["setting", "value"])

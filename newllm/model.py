@@ -21,13 +21,14 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from newllm.config import GatedLMConfig, ModelConfig
+from newllm.sources import hub_reachable
 
 GPT2_VOCAB_SIZE = 50257
 GPT2_EMBED_DIM = 768
@@ -185,26 +186,22 @@ class TokenBlock(nn.Module):
 
 # ------------------------------------------------------------------------------------------ embeddings
 
-def gpt2_hub_allowed() -> bool:
-    """False when the user has declared the hub offline (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
-    return not any(os.environ.get(name, "0").lower() in ("1", "true", "yes") for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def load_gpt2_embeddings(source: str = "gpt2") -> torch.Tensor:
+def load_gpt2_embeddings(source: str = "gpt2", reachable: Callable[[], bool] = hub_reachable) -> torch.Tensor:
     """GPT-2's token embedding matrix wte (50257 x 768), via ``transformers`` (hub name or local model folder).
 
-    Raises RuntimeError with what to do when it cannot be loaded (offline, no weights).
+    The hub is checked first (offline variables, then a 1.5 s probe) so that an offline machine gets an answer at
+    once instead of transformers' retries. Raises RuntimeError with what to do when it cannot be loaded.
     """
     local = os.path.isdir(source)
-    if not local and not gpt2_hub_allowed():
+    if not local and not reachable():
         raise RuntimeError(
-            "GPT-2 embeddings cannot be loaded: the Hugging Face hub is disabled (HF_HUB_OFFLINE=1). Use "
-            "embedding='random', or pass a local GPT-2 model folder, or unset HF_HUB_OFFLINE on a connected machine."
+            "GPT-2 embeddings cannot be loaded: the Hugging Face hub is unreachable or disabled (HF_HUB_OFFLINE=1). "
+            "Use embedding='random', or pass a local GPT-2 model folder, or run on a connected machine."
         )
     try:
         from transformers import GPT2Model
 
-        model = GPT2Model.from_pretrained(source, local_files_only=not local and not gpt2_hub_allowed())
+        model = GPT2Model.from_pretrained(source)
     except Exception as exc:  # any load failure becomes one actionable message
         raise RuntimeError(
             f"GPT-2 embeddings could not be loaded from {source!r} ({type(exc).__name__}: {str(exc)[:200]}). "
@@ -219,15 +216,20 @@ class EmbeddingChoice:
     reason: str
 
 
-def resolve_embedding(cfg: ModelConfig, loader=load_gpt2_embeddings) -> tuple[Optional[torch.Tensor], EmbeddingChoice]:
-    """Decide between GPT-2 and random embeddings; returns (weights or None, the choice with its reason)."""
+def resolve_embedding(
+    cfg: ModelConfig, loader=load_gpt2_embeddings, reachable: Callable[[], bool] = hub_reachable
+) -> tuple[Optional[torch.Tensor], EmbeddingChoice]:
+    """Decide between GPT-2 and random embeddings; returns (weights or None, the choice with its reason).
+
+    "auto" asks ``reachable`` first, so offline it chooses random embeddings at once, without trying to load.
+    """
     if cfg.embedding == "random":
         return None, EmbeddingChoice("random", "requested")
     gpt2_shape = cfg.vocab_size == GPT2_VOCAB_SIZE and cfg.embed_dim == GPT2_EMBED_DIM
     if cfg.embedding == "auto" and not gpt2_shape:
         return None, EmbeddingChoice("random", f"vocab {cfg.vocab_size} x dim {cfg.embed_dim} is not GPT-2's 50257 x 768")
-    if cfg.embedding == "auto" and not gpt2_hub_allowed():
-        return None, EmbeddingChoice("random", "GPT-2 weights unavailable offline (HF_HUB_OFFLINE)")
+    if cfg.embedding == "auto" and not reachable():
+        return None, EmbeddingChoice("random", "GPT-2 weights unavailable: the Hugging Face hub is offline or unreachable")
     try:
         weights = loader()
     except RuntimeError as exc:
@@ -394,9 +396,11 @@ def generate_tokens(ids, max_new_tokens, temperature, top_k, generator, start, s
     return ids[0] if squeeze else ids
 
 
-def build_cvfp_model(cfg: ModelConfig, loader=load_gpt2_embeddings) -> tuple[CVFPModel, EmbeddingChoice]:
+def build_cvfp_model(
+    cfg: ModelConfig, loader=load_gpt2_embeddings, reachable: Callable[[], bool] = hub_reachable
+) -> tuple[CVFPModel, EmbeddingChoice]:
     """Build the CVFP model with ``cfg.embedding`` resolved; returns the model and which embedding it got."""
-    weights, choice = resolve_embedding(cfg, loader)
+    weights, choice = resolve_embedding(cfg, loader, reachable)
     return CVFPModel(cfg, weights), choice
 
 

@@ -164,7 +164,7 @@ def accumulate_phase1_gradients(
 # ------------------------------------------------------------------------------------------ token streams
 
 @dataclass
-class TokenStreams:
+class StreamInputs:
     """The token inputs of one or more streams: flat [N, token_dim], and each distinct input once with an index."""
 
     x: torch.Tensor  # [N, token_dim], streams concatenated
@@ -211,7 +211,7 @@ class TokenStreams:
         return valid_mask(self.padded_lengths(), max(self.lengths))
 
 
-def prepare_streams(model: CVFPModel, ids_or_streams: StreamsInput, streams: str = "concat") -> TokenStreams:
+def prepare_streams(model: CVFPModel, ids_or_streams: StreamsInput, streams: str = "concat") -> StreamInputs:
     """Token inputs for Phase 1: "concat" joins all samples into one stream (as the original); "per_sample" keeps
     each sample a stream of its own, starting from a zero context (the k-token input window restarts too)."""
     if streams not in ("concat", "per_sample"):
@@ -224,7 +224,7 @@ def prepare_streams(model: CVFPModel, ids_or_streams: StreamsInput, streams: str
         inputs = [model.embed_tokens(part.to(device)) for part in parts]
     x = inputs[0] if len(inputs) == 1 else torch.cat(inputs)
     distinct, token_index = _distinct_inputs(x, parts, model.cfg.num_input_tokens)
-    return TokenStreams(x, [part.shape[0] for part in inputs], distinct, token_index)
+    return StreamInputs(x, [part.shape[0] for part in inputs], distinct, token_index)
 
 
 def _distinct_inputs(x: torch.Tensor, parts: Sequence[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,7 +242,7 @@ def _distinct_inputs(x: torch.Tensor, parts: Sequence[torch.Tensor], k: int) -> 
 
 
 def exact_contexts(
-    block: ContextBlock, streams: TokenStreams, cfg: Phase1Config, initial: Optional[torch.Tensor] = None
+    block: ContextBlock, streams: StreamInputs, cfg: Phase1Config, initial: Optional[torch.Tensor] = None
 ) -> tuple[torch.Tensor, RecurrenceResult]:
     """Carried contexts [N, ctx_dim] of the exact recurrence under the block's current weights (no gradients);
     ``initial`` [N, ctx_dim] is a guess (e.g. the previous iteration's) the parallel methods may start from."""
@@ -254,7 +254,7 @@ def exact_contexts(
     return streams.to_flat(result.final), result
 
 
-def jacobi_sweep(block: ContextBlock, streams: TokenStreams, contexts: torch.Tensor) -> torch.Tensor:
+def jacobi_sweep(block: ContextBlock, streams: StreamInputs, contexts: torch.Tensor) -> torch.Tensor:
     """One parallel sweep (no gradients): every token from the given contexts shifted by one."""
     with torch.no_grad():
         return block_outputs(block, streams.shift(contexts), streams.distinct, streams.token_index)

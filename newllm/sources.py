@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 DATASETS = ("auto", "builtin") + HUB_DATASETS
 HUB_HOST = "huggingface.co"
-OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 PROBE_TIMEOUT_S = 1.5
 OFFLINE_ALTERNATIVES = "dataset='builtin' (generated here, no download) or dataset='<path to a local text file or folder>'"
 
@@ -49,7 +49,7 @@ OFFLINE_ALTERNATIVES = "dataset='builtin' (generated here, no download) or datas
 # --------------------------------------------------------------------------------------- reachability
 
 def offline_by_env() -> bool:
-    """True when HF_HUB_OFFLINE or HF_DATASETS_OFFLINE asks for offline mode."""
+    """True when HF_HUB_OFFLINE, HF_DATASETS_OFFLINE or TRANSFORMERS_OFFLINE asks for offline mode."""
     return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on") for name in OFFLINE_ENV)
 
 

@@ -149,8 +149,16 @@ def test_auto_embedding_falls_back_to_random_with_a_reason():
         raise RuntimeError("offline")
 
     with pytest.warns(UserWarning, match="random"):
-        model, choice = build_cvfp_model(ModelConfig(num_layers=1, embedding="auto"), loader=failing_loader)
+        model, choice = build_cvfp_model(ModelConfig(num_layers=1, embedding="auto"), loader=failing_loader,
+                                         reachable=lambda: True)
     assert choice.kind == "random" and "offline" in choice.reason
+
+
+def test_auto_embedding_offline_chooses_random_without_trying_to_load():
+    calls = []
+    _, choice = build_cvfp_model(ModelConfig(num_layers=1, embedding="auto"), loader=lambda: calls.append(1),
+                                 reachable=lambda: False)
+    assert choice.kind == "random" and "unreachable" in choice.reason and not calls
 
 
 def test_requested_gpt2_embedding_that_cannot_load_raises():
