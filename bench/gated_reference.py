@@ -16,9 +16,10 @@ import time
 
 import torch
 
-from newllm.config import GatedLMConfig, GatedTrainConfig
-from newllm.gated_trainer import experiment_name, run_wikitext
-from newllm.runs import RunFolder
+from newllm.config.models import GatedLMConfig
+from newllm.config.training import GatedTrainConfig
+from newllm.training.gated import experiment_name, run_wikitext
+from newllm.utils.runs import RunFolder
 
 
 def main() -> int:

@@ -29,13 +29,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from newllm.config import ModelConfig, Phase1Config  # noqa: E402
-from newllm.io import atomic_write_json  # noqa: E402
-from newllm.metrics import effective_rank  # noqa: E402
-from newllm.model import CVFPModel  # noqa: E402
-from newllm.phase1 import train_phase1  # noqa: E402
-from newllm.recurrence import evaluate_contexts, forgetting_tokens, parallel_sweeps  # noqa: E402
-from newllm.runtime import seed_everything  # noqa: E402
+from newllm.config.models import ModelConfig
+from newllm.config.training import Phase1Config  # noqa: E402
+from newllm.evaluation.context_metrics import effective_rank  # noqa: E402
+from newllm.models.cvfp import CVFPModel  # noqa: E402
+from newllm.recurrence.evaluate import evaluate_contexts
+from newllm.recurrence.solvers import forgetting_tokens, parallel_sweeps  # noqa: E402
+from newllm.training.phase1 import train_phase1  # noqa: E402
+from newllm.utils.io import atomic_write_json  # noqa: E402
+from newllm.utils.runtime import seed_everything  # noqa: E402
 
 SHARED_DATA = REPO.parent / "shared" / "data"
 ORIGINAL = {"sequential_s_per_iteration": 42.5, "sequential_total_s": 226.0, "parallel_total_s": 22.7,
@@ -60,14 +62,14 @@ def load_token_ids(n_tokens: int, seed: int) -> tuple[torch.Tensor, str]:
             return torch.tensor(ids), f"WikiText-2 train ({text_file}), GPT-2 BPE"
     if tokenizer is not None:
         try:
-            from newllm.builtin_corpus import generate_documents
+            from newllm.data.builtin_corpus import generate_documents
 
             text, index = "", 0
             while len(text) < n_tokens * 8:
                 text += " ".join(doc.text for doc in generate_documents(seed, "train", index, index + 5)) + "\n"
                 index += 5
             ids = tokenizer(text)["input_ids"][:n_tokens]
-            return torch.tensor(ids), "built-in corpus (newllm.builtin_corpus), GPT-2 BPE"
+            return torch.tensor(ids), "built-in corpus (newllm.data.builtin_corpus), GPT-2 BPE"
         except ImportError:
             pass
     generator = torch.Generator().manual_seed(seed)

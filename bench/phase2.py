@@ -30,12 +30,13 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from newllm.cache import token_inputs  # noqa: E402
-from newllm.config import ModelConfig, Phase2Config  # noqa: E402
-from newllm.io import atomic_write_json  # noqa: E402
-from newllm.memory import phase2_trainable_parameters  # noqa: E402
-from newllm.model import CVFPModel  # noqa: E402
-from newllm.phase2 import make_adam, optimizer_step, token_loss, train_phase2  # noqa: E402
+from newllm.config.models import ModelConfig
+from newllm.config.training import Phase2Config  # noqa: E402
+from newllm.models.cvfp import CVFPModel  # noqa: E402
+from newllm.training.context_cache import token_inputs  # noqa: E402
+from newllm.training.phase2 import make_adam, optimizer_step, token_loss, train_phase2  # noqa: E402
+from newllm.training.planner import phase2_trainable_parameters  # noqa: E402
+from newllm.utils.io import atomic_write_json  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 
@@ -94,7 +95,7 @@ def rss_now() -> dict:
 def step_comparison(model: CVFPModel, steps: int, batch: int, ce_chunk_tokens: int) -> dict:
     """Tokens/s of this kit's Phase-2 step and of the original's, timed alternately (same load on both).
 
-    Ours: chunked cross-entropy (newllm.phase2.token_loss), fused Adam, clip 1.0. The original's: the full fp32
+    Ours: chunked cross-entropy (newllm.training.phase2.token_loss), fused Adam, clip 1.0. The original's: the full fp32
     logits through F.cross_entropy, the default per-parameter Adam, clip 1.0. Both on the same random batches
     (LayerNorm-ed random contexts; only the arithmetic is timed), with their own optimizer over the same weights.
     """

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from newllm.pipelines import scaling_from_parameters
+    from newllm.experiments.pipelines import scaling_from_parameters
 
     outcome = scaling_from_parameters(
         preset=args.preset,

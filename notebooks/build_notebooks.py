@@ -1,7 +1,7 @@
 """Write the four notebooks of notebooks/ (committed without outputs): ``python notebooks/build_notebooks.py``.
 
 The .ipynb files are what is committed, tested and run; this script only keeps their shared cells (Colab setup,
-parameters from newllm.presets, resolution) identical. Edit here, rerun, and commit the regenerated notebooks.
+parameters from newllm.notebook.presets, resolution) identical. Edit here, rerun, and commit the regenerated notebooks.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from newllm.presets import NOTEBOOK_PARAMS  # noqa: E402
+from newllm.notebook.presets import NOTEBOOK_PARAMS  # noqa: E402
 
 # The one place notebooks take the repository's URL from (README.md's "Notebooks" section uses the same base).
 COLAB_BASE = "https://colab.research.google.com/github/newllm/newllm/blob/main/notebooks"
@@ -71,7 +71,7 @@ def resolve_cell(notebook: str) -> nbformat.NotebookNode:
     return new_code_cell(f'''\
 from IPython.display import Image, display
 
-from newllm import notebook_pipelines as nbp
+from newllm.notebook import pipelines as nbp
 
 # A bad parameter stops here with a message saying what to pass instead.
 values = nbp.notebook_values("{notebook}", preset, globals())
@@ -97,7 +97,7 @@ def cvfp_size_cells() -> list:
     return [
         new_markdown_cell("## Model and data size"),
         new_code_cell('''\
-from newllm.widgets import notebook_controls
+from newllm.notebook.widgets import notebook_controls
 
 sizes = nbp.data_sizes(values)
 box, controls = notebook_controls("cvfp", values, vocab_size=sizes.vocab_size, embed_dim=values["embed_dim"],
@@ -186,7 +186,7 @@ def scaling() -> nbformat.NotebookNode:
         new_markdown_cell("## Model and data size\nThe sliders show the parameter count and the Phase-2 memory "
                           "plan at the largest size; moved `ctx_dim` / `layers` values are used by the run."),
         new_code_cell('''\
-from newllm.widgets import notebook_controls
+from newllm.notebook.widgets import notebook_controls
 
 sizes = nbp.data_sizes(values)
 box, controls = notebook_controls("cvfp", values, vocab_size=sizes.vocab_size, embed_dim=values["embed_dim"],

@@ -8,20 +8,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from newllm.baselines import (
+from newllm.config.models import GatedLMConfig, LSTMConfig, ModelConfig, TransformerConfig
+from newllm.models.baselines import (
     LSTMLM,
     TransformerLM,
     baseline_parameter_count,
     build_baseline,
     build_matched_baseline,
     count_for_match,
-    evaluate_lm,
     non_embedding_parameter_count,
     target_parameter_count,
-    train_lm_baseline,
 )
-from newllm.config import GatedLMConfig, LSTMConfig, ModelConfig, TransformerConfig
-from newllm.model import CVFPModel, GatedContextLM, parameter_count
+from newllm.models.common import parameter_count
+from newllm.models.cvfp import CVFPModel
+from newllm.models.gated import GatedContextLM
+from newllm.training.lm_baseline import evaluate_lm, train_lm_baseline
 
 V = 100
 SMALL_CVFP = ModelConfig(vocab_size=V, ctx_dim=32, embed_dim=16, num_layers=2, embedding="random")

@@ -8,8 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from newllm import builtin_corpus as bc
-from newllm.builtin_corpus import BuiltinGrammar, generate_documents
+from newllm.data import builtin_corpus as bc
+from newllm.data.builtin_corpus import BuiltinGrammar, generate_documents
 
 
 @pytest.fixture(scope="module")

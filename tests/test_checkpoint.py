@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from newllm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from newllm.config import ModelConfig
-from newllm.model import CVFPModel
+from newllm.config.models import ModelConfig
+from newllm.models.cvfp import CVFPModel
+from newllm.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def make(tied=False):
@@ -64,7 +64,7 @@ def test_interrupted_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     path = save_checkpoint(tmp_path / "ckpt.safetensors", model, opt, state={"epoch": 1})
     before = path.read_bytes()
 
-    import newllm.checkpoint as ckpt
+    import newllm.utils.checkpoint as ckpt
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from newllm import data, sources
-from newllm import tokenizers as tk
-from newllm.builtin_corpus import BuiltinGrammar
-from newllm.config import DataConfig
-from newllm.data import TokenStream, load_corpus
-from newllm.token_cache import META
+from newllm.config.data import DataConfig
+from newllm.data import corpus as data
+from newllm.data import sources
+from newllm.data import tokenizers as tk
+from newllm.data.builtin_corpus import BuiltinGrammar
+from newllm.data.corpus import TokenStream, load_corpus
+from newllm.data.token_cache import META
 
 GPT2_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2-tokenizer"
 

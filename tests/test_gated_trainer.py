@@ -12,10 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import newllm.checkpoint as checkpoint_module
-from newllm.checkpoint import CheckpointError, load_checkpoint
-from newllm.config import GatedLMConfig, GatedTrainConfig
-from newllm.gated_trainer import (
+import newllm.utils.checkpoint as checkpoint_module
+from newllm.config.models import GatedLMConfig
+from newllm.config.training import GatedTrainConfig
+from newllm.data.wikitext import make_windows
+from newllm.experiments.sweeps import SEED002_CTX_SWEEP, sweep_gated
+from newllm.models.common import parameter_count
+from newllm.models.gated import GatedContextLM
+from newllm.training.gated import (
     EarlyStopping,
     base_learning_rate,
     choose_batch_size,
@@ -26,9 +30,7 @@ from newllm.gated_trainer import (
     run_wikitext,
     train_gated_lm,
 )
-from newllm.model import GatedContextLM, parameter_count
-from newllm.sweeps import SEED002_CTX_SWEEP, sweep_gated
-from newllm.wikitext import make_windows
+from newllm.utils.checkpoint import CheckpointError, load_checkpoint
 
 MODEL = GatedLMConfig(vocab_size=48, embed_dim=16, hidden_dim=32, ctx_dim=16, num_layers=2, dropout=0.1)
 # periodic checkpoints (and curves) only where a test needs them: drawing a figure costs more than an epoch here
@@ -325,7 +327,7 @@ def test_sweep_returns_one_row_per_point_and_skips_finished_points(windows, tmp_
     def no_training(*args, **kwargs):
         raise AssertionError("a finished point was trained again")
 
-    monkeypatch.setattr("newllm.sweeps.train_gated_lm", no_training)
+    monkeypatch.setattr("newllm.experiments.sweeps.train_gated_lm", no_training)
     again = sweep_gated(points, MODEL, cfg, train, val, tmp_path, progress=False)
     assert again["best_val_loss"].tolist() == pytest.approx(table["best_val_loss"].tolist())
     assert SEED002_CTX_SWEEP == ((256, 6), (512, 6), (1024, 6))
@@ -334,7 +336,7 @@ def test_sweep_returns_one_row_per_point_and_skips_finished_points(windows, tmp_
 
 
 def test_training_curves_have_loss_and_log_scale_ppl_panels(tmp_path):
-    from newllm.curves import plot_training_curves
+    from newllm.plotting import plot_training_curves
 
     history = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [4.0, 3.5, 3.2], "val_loss": [4.1, 3.7, 3.6]})
     fig = plot_training_curves(history, title="run", path=tmp_path / "curves.png")

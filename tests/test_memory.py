@@ -3,20 +3,21 @@
 import pytest
 import torch
 
-from newllm.config import ModelConfig, Phase2Config
-from newllm.memory import (
-    GiB,
-    MiB,
+from newllm.config.models import ModelConfig
+from newllm.config.training import Phase2Config
+from newllm.models.cvfp import CVFPModel
+from newllm.training.planner import (
     ORIGINAL_500_SAMPLE_PEAK_BYTES,
+    GiB,
     MemoryBudget,
     MemoryPlanError,
+    MiB,
     Phase2Workload,
     host_memory,
     original_batch_tokens,
     original_required_bytes,
     plan_phase2,
 )
-from newllm.model import CVFPModel
 
 SEED003_TRAIN, SEED003_VAL = 529_173, 58_797  # seed-spec 5.5: 500 samples
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from newllm.metrics import (
+from newllm.evaluation.context_metrics import (
     context_metrics,
     convergence_rate,
     effective_rank,

@@ -2,15 +2,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from newllm.config import GatedLMConfig, ModelConfig
-from newllm.model import (
-    CVFPModel,
-    GatedContextLM,
-    build_cvfp_model,
-    context_layer_dims,
-    parameter_count,
-    sample_next,
-)
+from newllm.config.models import GatedLMConfig, ModelConfig
+from newllm.models.common import parameter_count
+from newllm.models.cvfp import CVFPModel, build_cvfp_model, context_layer_dims
+from newllm.models.gated import GatedContextLM
+from newllm.models.sampling import sample_next
 
 
 def small_cfg(**overrides) -> ModelConfig:
@@ -183,7 +179,7 @@ def test_auto_with_non_gpt2_shape_uses_random_without_loading():
 
 
 def test_hub_offline_env_blocks_gpt2(monkeypatch):
-    from newllm.model import load_gpt2_embeddings
+    from newllm.models.embeddings import load_gpt2_embeddings
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE"):

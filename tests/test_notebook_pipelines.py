@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from newllm import notebook_pipelines as nbp
-from newllm.presets import NOTEBOOK_PARAMS
+from newllm.notebook import pipelines as nbp
+from newllm.notebook.presets import NOTEBOOK_PARAMS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -173,7 +173,7 @@ def test_study_config_maps_the_notebook_parameters(tmp_path):
 # -------------------------------------------------------------------------------------- advanced training
 
 def _advanced(**overrides):
-    from newllm.presets import resolve
+    from newllm.notebook.presets import resolve
 
     small = dict(dataset="builtin", samples=1, val_samples=1, ctx_dim=8, layers=1, epochs=2, batch_size=64,
                  vocab_size=60)
@@ -236,7 +236,7 @@ def test_training_refuses_what_it_cannot_do():
 # ------------------------------------------------------------------------------------------- Phase-1 grid
 
 def test_phase1_grid_writes_table_heatmaps_and_verdicts(tmp_path):
-    from newllm.presets import resolve
+    from newllm.notebook.presets import resolve
 
     values = resolve("parallel_tuning", "cpu", dataset="builtin", samples=1, val_samples=1, ctx_dim=8, embed_dim=8,
                      layers=1, iterations=[2], weights=[0.5, 0.9], solvers=["sequential", "parallel"],

@@ -15,7 +15,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from newllm.presets import NOTEBOOK_PARAMS
+from newllm.notebook.presets import NOTEBOOK_PARAMS
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"

@@ -8,18 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from newllm.config import ModelConfig, Phase1Config
-from newllm.model import CVFPModel
-from newllm.phase1 import (
+from newllm.config.models import ModelConfig
+from newllm.config.training import Phase1Config
+from newllm.data.token_ids import split_streams
+from newllm.experiments.phase1_grid import phase1_grid
+from newllm.models.cvfp import CVFPModel
+from newllm.recurrence.evaluate import evaluate_contexts
+from newllm.training.phase1 import (
     accumulate_phase1_gradients,
     diversity_term,
-    phase1_grid,
     phase1_loss,
     prepare_streams,
-    split_streams,
     train_phase1,
 )
-from newllm.recurrence import evaluate_contexts
 
 VOCAB = 80
 

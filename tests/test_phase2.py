@@ -6,14 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import newllm.phase2 as phase2
-from newllm.cache import build_context_cache, make_streams
-from newllm.checkpoint import CheckpointError, read_checkpoint
-from newllm.chunked_ce import linear_cross_entropy
-from newllm.config import ModelConfig, Phase2Config
-from newllm.memory import MemoryBudget
-from newllm.model import CVFPModel
-from newllm.phase2 import OOMBackoff, Phase2MemoryError, evaluate, previous_checkpoint_path, train_phase2
+import newllm.training.phase2 as phase2
+from newllm.config.models import ModelConfig
+from newllm.config.training import Phase2Config
+from newllm.models.cvfp import CVFPModel
+from newllm.training.chunked_ce import linear_cross_entropy
+from newllm.training.context_cache import build_context_cache, make_streams
+from newllm.training.phase2 import OOMBackoff, Phase2MemoryError, evaluate, previous_checkpoint_path, train_phase2
+from newllm.training.planner import MemoryBudget
+from newllm.utils.checkpoint import CheckpointError, read_checkpoint
 
 VOCAB = 200
 BUDGET = MemoryBudget.simulated(None, host_gib=8, disk_gib=8)  # a fixed machine: plans do not depend on the host

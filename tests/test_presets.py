@@ -1,6 +1,6 @@
 import pytest
 
-from newllm.presets import NOTEBOOK_PARAMS, choose_preset, parameter_table, resolve
+from newllm.notebook.presets import NOTEBOOK_PARAMS, choose_preset, parameter_table, resolve
 
 
 def test_auto_preset_follows_the_hardware():

@@ -8,10 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from newllm.baselines import build_baseline, evaluate_lm, train_lm_baseline
-from newllm.config import GatedLMConfig, ModelConfig, TransformerConfig
-from newllm.model import CVFPModel, GatedContextLM
-from newllm.quantize import (
+from newllm.config.models import GatedLMConfig, ModelConfig, TransformerConfig
+from newllm.evaluation.quantize import (
     Int8Linear,
     compare_int8,
     is_quantized,
@@ -20,6 +18,10 @@ from newllm.quantize import (
     serialized_size,
     sliced_linear_names,
 )
+from newllm.models.baselines import build_baseline
+from newllm.models.cvfp import CVFPModel
+from newllm.models.gated import GatedContextLM
+from newllm.training.lm_baseline import evaluate_lm, train_lm_baseline
 
 V = 100
 BACKENDS = ["dynamic", "weight_only"]

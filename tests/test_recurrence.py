@@ -5,21 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from newllm.config import ModelConfig, Phase1Config
-from newllm.model import CVFPModel, ContextBlock
-from newllm.phase1 import train_phase1
-from newllm.recurrence import (
-    RecurrenceResult,
-    TokenInputs,
-    auto_segment_len,
-    evaluate_contexts,
-    evaluate_streams,
-    forgetting_tokens,
-    pad_streams,
-    parallel_sweeps,
-    segment_contexts,
-    token_loop,
-)
+from newllm.config.models import ModelConfig
+from newllm.config.training import Phase1Config
+from newllm.models.cvfp import ContextBlock, CVFPModel
+from newllm.recurrence.evaluate import evaluate_contexts, evaluate_streams
+from newllm.recurrence.inputs import RecurrenceResult, TokenInputs, pad_streams
+from newllm.recurrence.solvers import auto_segment_len, forgetting_tokens, parallel_sweeps, segment_contexts, token_loop
+from newllm.training.phase1 import train_phase1
 
 TOL = 1e-5
 EXACT = 1e-4  # max-abs agreement required of every method with the reference (fp32)
@@ -292,7 +284,7 @@ def test_token_inputs_check_their_shapes():
 
 
 def test_fallback_extrapolates_the_remaining_sweeps():
-    from newllm.recurrence import _remaining_sweeps
+    from newllm.recurrence.solvers import _remaining_sweeps
 
     assert _remaining_sweeps(1e-3, 2e-3, 1e-5, cap=100) == 7  # halving: log(1e-2) / log(0.5) = 6.6
     assert _remaining_sweeps(1e-3, 5e-4, 1e-5, cap=100) == 100  # growing change: assume the worst (the cap)

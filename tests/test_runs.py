@@ -6,8 +6,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pytest
 
-from newllm.config import ModelConfig
-from newllm.runs import RunFolder, original_run_name, safe_name
+from newllm.config.models import ModelConfig
+from newllm.utils.runs import RunFolder, original_run_name, safe_name
 
 
 def test_original_naming_pattern():

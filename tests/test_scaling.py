@@ -15,9 +15,8 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from newllm.config import ScalingConfig
-from newllm.plots import plot_scaling, save_figure
-from newllm.scaling import (
+from newllm.config.experiments import ScalingConfig
+from newllm.evaluation.scaling_fits import (
     PowerLawFit,
     SaturatingFit,
     ScalingFitWarning,
@@ -26,6 +25,7 @@ from newllm.scaling import (
     fit_power_law,
     fit_saturating,
 )
+from newllm.plotting import plot_scaling, save_figure
 
 # Seed 003 (11-29): training tokens and best validation PPL at 50 / 100 / 200 / 500 samples.
 SEED003_TOKENS = (56602, 110516, 216119, 529173)

@@ -8,8 +8,8 @@ import time
 import datasets
 import pytest
 
-from newllm import sources
-from newllm.sources import load_documents, resolve_dataset, split_documents
+from newllm.data import sources
+from newllm.data.sources import load_documents, resolve_dataset, split_documents
 
 
 def _never_called():

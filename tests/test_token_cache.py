@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from newllm import token_cache as tc
-from newllm.token_cache import CacheKey, load_entry, save_entry
+from newllm.data import token_cache as tc
+from newllm.data.token_cache import CacheKey, load_entry, save_entry
 
 KEY = CacheKey("local:/data/my corpus", "word1000", tc.content_hash(["a", "b"]))
 

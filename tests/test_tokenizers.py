@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from newllm import tokenizers as tk
-from newllm.tokenizers import BPETokenizer, GPT2Tokenizer, WordTokenizer, check_token_ids, load_tokenizer
+from newllm.data import tokenizers as tk
+from newllm.data.tokenizers import BPETokenizer, GPT2Tokenizer, WordTokenizer, check_token_ids, load_tokenizer
 
 GPT2_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2-tokenizer"
 needs_gpt2 = pytest.mark.skipif(not GPT2_DIR.is_dir(), reason=f"GPT-2 tokenizer files not found at {GPT2_DIR}")

@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from newllm.config import Phase1Config, StudyConfig
-from newllm.tuning import (
+from newllm.config.experiments import StudyConfig
+from newllm.config.training import Phase1Config
+from newllm.experiments.study import (
     FAIL_REASON,
     PRUNE_REASON,
     RETRY_COUNT,
@@ -95,7 +96,7 @@ def test_degenerate_outcomes_are_pruned_with_their_reason(caplog):
 
     scripted.calls = 0
     config = memory_config(n_trials=7, pruner="none", min_er_pct=30.0)
-    with caplog.at_level(logging.ERROR, logger="newllm.tuning"):
+    with caplog.at_level(logging.ERROR, logger="newllm.experiments.study"):
         result = run_study(scripted, config, progress=False)
     reasons = result.trials.set_index("number")["user_attrs_prune_reason"]
     assert reasons[0].startswith("identity mapping")

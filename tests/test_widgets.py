@@ -3,10 +3,12 @@
 import pytest
 import torch
 
-from newllm.config import GatedLMConfig, Phase2Config
-from newllm.memory import GiB, MemoryBudget, Phase2Workload, plan_phase2
-from newllm.model import CVFPModel, GatedContextLM, parameter_count
-from newllm.widgets import (
+from newllm.config.models import GatedLMConfig
+from newllm.config.training import Phase2Config
+from newllm.models.common import parameter_count
+from newllm.models.cvfp import CVFPModel
+from newllm.models.gated import GatedContextLM
+from newllm.notebook.widgets import (
     SizeControls,
     SizeEstimate,
     count_parameters,
@@ -16,6 +18,7 @@ from newllm.widgets import (
     notebook_controls,
     size_controls,
 )
+from newllm.training.planner import GiB, MemoryBudget, Phase2Workload, plan_phase2
 
 CPU_8G = MemoryBudget.simulated(None, host_gib=8.0)
 

@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from newllm.config import GatedLMConfig, GatedTrainConfig
-from newllm.wikitext import (
+from newllm.config.models import GatedLMConfig
+from newllm.config.training import GatedTrainConfig
+from newllm.data.wikitext import (
     encode_paragraphs,
     load_wikitext2_lines,
     make_windows,

@@ -13,8 +13,8 @@ import os
 import time
 from pathlib import Path
 
-from newllm.config import StudyConfig
-from newllm.tuning import run_study
+from newllm.config.experiments import StudyConfig
+from newllm.experiments.study import run_study
 
 
 def main() -> None:

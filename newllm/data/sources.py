@@ -1,0 +1,267 @@
+"""Document sources: which texts are the training documents and which are the validation documents.
+
+A *document* is one unit of text: a WikiText paragraph, an UltraChat conversation (all its messages' contents
+joined with "\\n", full length), a block of a local text file, or a generated built-in document.
+"N samples" = the first N training documents. Validation = a fixed set of ``val_samples`` documents that never
+overlaps training and does not depend on N:
+- "wikitext2" (``wikitext-2-raw-v1``): the hub's validation split (its first ``val_samples`` paragraphs).
+- "ultrachat" (``HuggingFaceH4/ultrachat_200k``, ``train_sft``, one split): its LAST ``val_samples``
+  conversations; training documents come from the front and may never reach them.
+- a local file or folder: the same rule (the last ``val_samples`` documents are held out), except that a folder
+  holding ``train.txt`` and ``valid.txt`` (or ``validation.txt``) uses those as the two splits. Other folders:
+  every ``*.txt`` below it, in sorted path order. Files are read as UTF-8 directly (no ``datasets`` cache).
+  A document = a block of consecutive non-blank lines (blocks are separated by blank lines), line ends
+  stripped. In WikiText every paragraph (and heading) is one line between blank lines, so a document is a
+  paragraph there, the same rule as for the hub's WikiText rows.
+- "builtin": documents 0..N-1 of the "train" seed stream; validation = documents 0..V-1 of the "val" stream.
+
+``dataset="auto"`` means the hub dataset when huggingface.co is reachable, else "builtin", said loudly.
+Reachability is decided fast: HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set to a true value means offline without any
+network call; otherwise one TCP connection to huggingface.co:443 with a short timeout, run in a daemon thread
+so that a slow DNS lookup cannot hold it up either. ``hub_reachable`` takes the probe as an argument (tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+
+from newllm.config.data import HUB_DATASETS
+from newllm.data import builtin_corpus
+
+logger = logging.getLogger(__name__)
+
+DATASETS = ("auto", "builtin") + HUB_DATASETS
+HUB_HOST = "huggingface.co"
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+PROBE_TIMEOUT_S = 1.5
+OFFLINE_ALTERNATIVES = "dataset='builtin' (generated here, no download) or dataset='<path to a local text file or folder>'"
+
+
+# --------------------------------------------------------------------------------------- reachability
+
+def offline_by_env() -> bool:
+    """True when HF_HUB_OFFLINE, HF_DATASETS_OFFLINE or TRANSFORMERS_OFFLINE asks for offline mode."""
+    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on") for name in OFFLINE_ENV)
+
+
+def probe_huggingface(timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """One TCP connection to huggingface.co:443; returns within about ``timeout`` seconds whatever happens."""
+    result: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=attempt, daemon=True)  # daemon: a hung DNS lookup cannot block exit
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def hub_reachable(probe: Callable[[], bool] = probe_huggingface) -> bool:
+    """False when the offline environment variables say so (no probe), else what ``probe()`` finds."""
+    return False if offline_by_env() else bool(probe())
+
+
+@dataclass(frozen=True)
+class ResolvedDataset:
+    requested: str
+    name: str  # "builtin", "wikitext2", "ultrachat" or "local:<absolute path>"
+    path: Optional[Path] = None  # local sources only
+    offline_fallback: bool = False  # "auto" fell back to "builtin" because the hub was unreachable
+
+
+def resolve_dataset(requested: str, hub_dataset: str, reachable: Callable[[], bool]) -> ResolvedDataset:
+    """Turn ``DataConfig.dataset`` into a concrete source; "auto" probes the hub (via ``reachable``)."""
+    if requested == "auto":
+        if reachable():
+            return ResolvedDataset(requested, hub_dataset)
+        message = (
+            f"dataset='auto': the Hugging Face hub is not reachable ({_why_offline()}), so the BUILT-IN corpus is "
+            f"used instead of {hub_dataset!r}. Set dataset='builtin' to silence this, or a local path for your text."
+        )
+        warnings.warn(message, UserWarning, stacklevel=3)
+        logger.warning(message)
+        return ResolvedDataset(requested, "builtin", offline_fallback=True)
+    if requested in ("builtin",) + HUB_DATASETS:
+        return ResolvedDataset(requested, requested)
+    path = Path(requested).expanduser()
+    if path.exists():
+        return ResolvedDataset(requested, f"local:{path.resolve()}", path=path.resolve())
+    raise ValueError(
+        f"dataset={requested!r} is neither a known dataset ({', '.join(DATASETS)}) nor an existing file or folder; "
+        "use one of those names or the path of a local text file or folder"
+    )
+
+
+def _why_offline() -> str:
+    if offline_by_env():
+        return "HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set"
+    return f"no connection to {HUB_HOST}:443"
+
+
+# ------------------------------------------------------------------------------------------- documents
+
+@dataclass(frozen=True)
+class SourceDocuments:
+    """The training and validation documents of one source."""
+
+    name: str
+    train: list[str]
+    val: list[str]
+    available_train: int  # how many training documents the source holds (the most ``samples`` can be)
+    # builtin only: per document, the exact log p of each word and then of the document's end (n_words + 1 values)
+    train_logprobs: Optional[list[np.ndarray]] = None
+    val_logprobs: Optional[list[np.ndarray]] = None
+
+
+def split_documents(lines: Iterable[str]) -> list[str]:
+    """Blocks of consecutive non-blank lines, each joined with "\\n" (line ends and outer whitespace stripped)."""
+    documents, block = [], []
+    for line in lines:
+        line = line.rstrip("\r\n").rstrip()
+        if line.strip():
+            block.append(line)
+        elif block:
+            documents.append("\n".join(block).strip())
+            block = []
+    if block:
+        documents.append("\n".join(block).strip())
+    return documents
+
+
+def load_documents(
+    resolved: ResolvedDataset, samples: int, val_samples: int, seed: int,
+    reachable: Callable[[], bool], progress: bool = False,
+) -> SourceDocuments:
+    """The first ``samples`` training documents and the fixed ``val_samples`` validation documents."""
+    if resolved.name == "builtin":
+        return _builtin(samples, val_samples, seed, progress)
+    if resolved.path is not None:
+        return _local(resolved, samples, val_samples)
+    if resolved.name in HUB_DATASETS:
+        return _hub(resolved.name, samples, val_samples, reachable)
+    raise ValueError(f"unknown resolved dataset {resolved.name!r}")
+
+
+def _check_count(source: str, samples: int, available: int, detail: str = "") -> None:
+    if samples > available:
+        raise ValueError(
+            f"{source}: asked for samples={samples} training documents but only {available} are available{detail}; "
+            "use fewer samples (or a larger source)"
+        )
+
+
+def _builtin(samples: int, val_samples: int, seed: int, progress: bool) -> SourceDocuments:
+    _check_count("builtin", samples, builtin_corpus.MAX_DOCUMENTS)
+    _check_count("builtin (validation)", val_samples, builtin_corpus.MAX_DOCUMENTS)
+    grammar = builtin_corpus.BuiltinGrammar()
+    train = builtin_corpus.generate_documents(seed, "train", 0, samples, progress, grammar)
+    val = builtin_corpus.generate_documents(seed, "val", 0, val_samples, progress, grammar)
+
+    def logprobs(docs: list[builtin_corpus.BuiltinDocument]) -> list[np.ndarray]:
+        return [np.append(d.word_logprobs, d.end_logprob) for d in docs]
+
+    return SourceDocuments("builtin", [d.text for d in train], [d.text for d in val],
+                           builtin_corpus.MAX_DOCUMENTS, logprobs(train), logprobs(val))
+
+
+def _read_documents(path: Path) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return split_documents(handle)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); convert it to UTF-8") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+
+
+def _local(resolved: ResolvedDataset, samples: int, val_samples: int) -> SourceDocuments:
+    path = resolved.path
+    assert path is not None
+    if path.is_dir():
+        valid = next((path / n for n in ("valid.txt", "validation.txt") if (path / n).is_file()), None)
+        if (path / "train.txt").is_file() and valid is not None:
+            train_all, val_all = _read_documents(path / "train.txt"), _read_documents(valid)
+            if len(val_all) < val_samples:
+                raise ValueError(
+                    f"{str(valid)!r} has only {len(val_all)} documents but val_samples={val_samples}; "
+                    "lower val_samples or add text"
+                )
+            _check_count(resolved.name, samples, len(train_all), f" in {str(path / 'train.txt')!r}")
+            return SourceDocuments(resolved.name, train_all[:samples], val_all[:val_samples], len(train_all))
+        files = sorted(f for f in path.rglob("*.txt") if f.is_file())
+        if not files:
+            raise ValueError(f"folder {str(path)!r} holds no .txt files; put UTF-8 text files (*.txt) in it")
+        documents = [doc for f in files for doc in _read_documents(f)]
+    else:
+        documents = _read_documents(path)
+    return _hold_out_last(resolved.name, documents, samples, val_samples)
+
+
+def _hold_out_last(source: str, documents: list[str], samples: int, val_samples: int) -> SourceDocuments:
+    """Single-split sources: the last ``val_samples`` documents are validation, training comes from the front."""
+    available = len(documents) - val_samples
+    if available <= 0:
+        raise ValueError(
+            f"{source}: only {len(documents)} documents (blocks of text separated by blank lines), but the last "
+            f"val_samples={val_samples} are held out for validation and at least 1 must remain for training; "
+            "add text or lower val_samples"
+        )
+    _check_count(source, samples, available, f" ({len(documents)} documents minus the {val_samples} held out)")
+    return SourceDocuments(source, documents[:samples], documents[len(documents) - val_samples:], available)
+
+
+def _hub(name: str, samples: int, val_samples: int, reachable: Callable[[], bool]) -> SourceDocuments:
+    # When offline by environment variable, `datasets` may still serve a locally cached copy, so try; without
+    # the variable and without a connection it would only retry and time out, so fail at once.
+    if not offline_by_env() and not reachable():
+        raise ValueError(_hub_error(name, f"no connection to {HUB_HOST}:443"))
+    import datasets
+
+    try:
+        if name == "wikitext2":
+            splits = datasets.load_dataset("wikitext", "wikitext-2-raw-v1")
+            train_all = split_documents(splits["train"]["text"])
+            val_all = split_documents(splits["validation"]["text"])
+        else:
+            conversations = datasets.load_dataset("HuggingFaceH4/ultrachat_200k", split="train_sft")
+    except Exception as exc:  # datasets raises many kinds (connection, not found, offline cache miss)
+        raise ValueError(_hub_error(name, f"{type(exc).__name__}: {exc}")) from exc
+    if name == "wikitext2":
+        _check_count(name, samples, len(train_all), " in the train split")
+        if len(val_all) < val_samples:
+            raise ValueError(f"wikitext2: the validation split has only {len(val_all)} paragraphs; lower val_samples")
+        return SourceDocuments(name, train_all[:samples], val_all[:val_samples], len(train_all))
+    total = len(conversations)
+    available = total - val_samples
+    if available <= 0:
+        raise ValueError(f"ultrachat: only {total} conversations, fewer than val_samples={val_samples} + 1")
+    _check_count(name, samples, available, f" ({total} conversations minus the last {val_samples} held out)")
+    train = [_conversation_text(m) for m in conversations[:samples]["messages"]]
+    val = [_conversation_text(m) for m in conversations[available:]["messages"]]
+    return SourceDocuments(name, train, val, available)
+
+
+def _conversation_text(messages: list[dict]) -> str:
+    return "\n".join(message["content"] for message in messages)
+
+
+def _hub_error(name: str, reason: str) -> str:
+    return (
+        f"dataset={name!r} needs the Hugging Face hub, which could not be used ({reason}). Offline alternatives: "
+        f"{OFFLINE_ALTERNATIVES}. (If the dataset is already in your local `datasets` cache, set "
+        "HF_DATASETS_OFFLINE=1 to use it.)"
+    )

@@ -1,0 +1,304 @@
+"""The models: the CVFP model (ContextBlock + TokenBlock, "E-architecture") and the gated context-vector LM.
+
+CVFP (seed-spec 5.1). For token i with input x_i (the concatenated, LayerNorm-ed embeddings of the last k tokens)
+and the carried context c_{i-1}:
+
+    c^(0) = c_{i-1};   c^(l) = ContextLayer_l(c^(l-1), x_i) = LN( R(c^(l-1)) + ReLU(W_l [c^(l-1); x_i] + b_l) )
+    c_i = c^(L)                                   (the context carried to token i+1)
+    s^(0) = x_i;       s^(l) = TokenLayer_l(c^(l), s^(l-1)) = LN( R(s^(l-1)) + ReLU(V_l [c^(l); s^(l-1)] + d_l) )
+    logits_i = head(s^(L))                        (predicts token i+1)
+
+TokenLayer l reads ContextBlock layer l. The token's share of each ContextLayer's projection, W_l[:, a:] x_i + b_l,
+does not depend on the context, so it is computed for all tokens at once (``ContextBlock.token_projections``);
+only the context share runs token by token.
+
+Gated LM (seed-spec 2.1): h_t = MLP([e_t; c_{t-1}]), logits_t = W_o h_t, and
+c_t = clip(LN(sigmoid(W_f h_t) * c_{t-1} + sigmoid(W_i h_t) * W_u h_t), -10, 10), trained end to end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from newllm.config.models import ModelConfig
+from newllm.data.sources import hub_reachable
+from newllm.models.common import init_linear
+from newllm.models.embeddings import EmbeddingChoice, load_gpt2_embeddings, resolve_embedding
+from newllm.models.sampling import generate_tokens
+
+# ------------------------------------------------------------------------------------------ CVFP layers
+
+class ContextLayer(nn.Module):
+    """y = LN_out( R(c) + ReLU(W [c; x] + b) ); R is identity when in_dim == out_dim, else a Linear."""
+
+    def __init__(self, in_dim: int, token_dim: int, out_dim: int, init_std: float = 0.1, bias_std: float = 0.01):
+        super().__init__()
+        self.in_dim, self.token_dim, self.out_dim = in_dim, token_dim, out_dim
+        self.linear = nn.Linear(in_dim + token_dim, out_dim)
+        self.residual: nn.Module = nn.Identity() if in_dim == out_dim else nn.Linear(in_dim, out_dim)
+        self.norm = nn.LayerNorm(out_dim)
+        init_linear(self.linear, init_std, bias_std)
+        if isinstance(self.residual, nn.Linear):
+            init_linear(self.residual, init_std, bias_std)
+
+    def token_projection(self, x: Optional[torch.Tensor]) -> torch.Tensor:
+        """The context-independent share W[:, in:] x + b (just b for a layer without token input)."""
+        if self.token_dim == 0:
+            return self.linear.bias
+        return F.linear(x, self.linear.weight[:, self.in_dim:], self.linear.bias)
+
+    def step(self, c: torch.Tensor, token_proj: torch.Tensor) -> torch.Tensor:
+        pre = F.linear(c, self.linear.weight[:, : self.in_dim]) + token_proj
+        return self.norm(self.residual(c) + F.relu(pre))
+
+    def forward(self, c: torch.Tensor, x: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.step(c, self.token_projection(x))
+
+
+class TokenLayer(nn.Module):
+    """z = LN_out( R(s) + ReLU(V [c; s] + d) ): the context c is read, never written."""
+
+    def __init__(self, ctx_dim: int, in_dim: int, out_dim: int, init_std: float = 0.1, bias_std: float = 0.01):
+        super().__init__()
+        self.ctx_dim, self.in_dim, self.out_dim = ctx_dim, in_dim, out_dim
+        self.linear = nn.Linear(ctx_dim + in_dim, out_dim)
+        self.residual: nn.Module = nn.Identity() if in_dim == out_dim else nn.Linear(in_dim, out_dim)
+        self.norm = nn.LayerNorm(out_dim)
+        init_linear(self.linear, init_std, bias_std)
+        if isinstance(self.residual, nn.Linear):
+            init_linear(self.residual, init_std, bias_std)
+
+    def forward(self, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.residual(s) + F.relu(self.linear(torch.cat([c, s], dim=-1))))
+
+
+def context_layer_dims(cfg: ModelConfig) -> list[int]:
+    """Output width of each ContextBlock layer.
+
+    Token re-injection (default): every layer is ctx_dim wide. "Token only in layer 1" (the 11-28 "equal-decrease"
+    design): widths fall linearly from ctx_dim + token_dim to ctx_dim, dim_l = (d_c + t) - floor(t * l / L).
+    """
+    if cfg.token_input_all_layers:
+        return [cfg.ctx_dim] * cfg.num_layers
+    t = cfg.token_input_dim
+    return [cfg.ctx_dim + t - (t * layer) // cfg.num_layers for layer in range(1, cfg.num_layers + 1)]
+
+
+def token_layer_dims(cfg: ModelConfig) -> list[int]:
+    """Output width of each TokenBlock layer: falls linearly from k * embed_dim to embed_dim (constant for k = 1)."""
+    extra = cfg.token_input_dim - cfg.embed_dim
+    return [cfg.token_input_dim - (extra * layer) // cfg.num_layers for layer in range(1, cfg.num_layers + 1)]
+
+
+class ContextBlock(nn.Module):
+    """The stack of ContextLayers that updates the carried context, one token at a time."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ctx_dim = cfg.ctx_dim
+        self.token_dim = cfg.token_input_dim
+        self.dims = context_layer_dims(cfg)
+        layers = []
+        in_dim = cfg.ctx_dim
+        for index, out_dim in enumerate(self.dims):
+            token_dim = cfg.token_input_dim if (cfg.token_input_all_layers or index == 0) else 0
+            layers.append(ContextLayer(in_dim, token_dim, out_dim, cfg.init_std, cfg.bias_std))
+            in_dim = out_dim
+        self.layers = nn.ModuleList(layers)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def token_projections(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per layer, the token share of its input projection for every token in ``x`` ([..., token_dim])."""
+        return [layer.token_projection(x) for layer in self.layers]
+
+    def step(self, c: torch.Tensor, projections: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """One token: all layer outputs [c^(1) .. c^(L)] from the incoming context and the token projections."""
+        outputs = []
+        for layer, proj in zip(self.layers, projections):
+            c = layer.step(c, proj)
+            outputs.append(c)
+        return outputs
+
+    def forward(self, c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The new context c^(L) for a batch of (incoming context, token input) pairs, all at once."""
+        return self.step(c, self.token_projections(x))[-1]
+
+    def forward_all(self, c: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every layer's output for a batch of (incoming context, token input) pairs."""
+        return self.step(c, self.token_projections(x))
+
+    def run(self, x: torch.Tensor, context: torch.Tensor) -> list[torch.Tensor]:
+        """The recurrence token by token over x [B, T, token_dim] from ``context`` [B, ctx_dim], with autograd
+        (full BPTT): every layer's output, L tensors [B, T, dim_l]. The reference that the lean no-grad solvers of
+        ``newllm.recurrence`` are tested against."""
+        projections = self.token_projections(x)
+        per_layer: list[list[torch.Tensor]] = [[] for _ in range(self.num_layers)]
+        c = context
+        for i in range(x.shape[1]):
+            for store, out in zip(per_layer, self.step(c, [p[:, i] if p.dim() == 3 else p for p in projections])):
+                store.append(out)
+            c = per_layer[-1][-1]
+        if x.shape[1] == 0:
+            return [x.new_zeros(x.shape[0], 0, dim) for dim in self.dims]
+        return [torch.stack(store, dim=1) for store in per_layer]
+
+
+class TokenBlock(nn.Module):
+    """TokenLayer l reads ContextBlock layer l (E-architecture)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        ctx_dims = context_layer_dims(cfg)
+        self.dims = token_layer_dims(cfg)
+        layers = []
+        in_dim = cfg.token_input_dim
+        for ctx_dim, out_dim in zip(ctx_dims, self.dims):
+            layers.append(TokenLayer(ctx_dim, in_dim, out_dim, cfg.init_std, cfg.bias_std))
+            in_dim = out_dim
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, contexts: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``contexts[l]`` is ContextBlock layer l's output for the same tokens as ``x``."""
+        if len(contexts) != len(self.layers):
+            raise ValueError(f"TokenBlock needs {len(self.layers)} per-layer contexts, got {len(contexts)}")
+        s = x
+        for layer, c in zip(self.layers, contexts):
+            s = layer(c.to(s.dtype), s)
+        return s
+
+
+# ------------------------------------------------------------------------------------------ CVFP model
+
+@dataclass
+class CVFPOutput:
+    logits: torch.Tensor  # [B, T, V]: position i predicts token i+1
+    context: torch.Tensor  # [B, ctx_dim]: the context carried after the last token
+    contexts: list[torch.Tensor]  # per layer [B, T, dim_l]
+
+
+class CVFPModel(nn.Module):
+    """ContextBlock + TokenBlock + output head, on (frozen by default) token embeddings followed by a LayerNorm.
+
+    ``embedding_weights`` (vocab x embed_dim) are copied into the embedding when given; otherwise the embedding is
+    N(0, embedding_init_std). Use :func:`build_cvfp_model` to resolve ``cfg.embedding`` ("auto"/"gpt2"/"random").
+    """
+
+    def __init__(self, cfg: ModelConfig, embedding_weights: Optional[torch.Tensor] = None):
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
+        if embedding_weights is not None:
+            if tuple(embedding_weights.shape) != (cfg.vocab_size, cfg.embed_dim):
+                raise ValueError(
+                    f"embedding_weights has shape {tuple(embedding_weights.shape)}, the config needs "
+                    f"({cfg.vocab_size}, {cfg.embed_dim})"
+                )
+            with torch.no_grad():
+                self.embedding.weight.copy_(embedding_weights)
+        else:
+            nn.init.normal_(self.embedding.weight, mean=0.0, std=cfg.embedding_init_std)
+        self.embedding.weight.requires_grad_(not cfg.freeze_embedding)
+        self.embed_norm = nn.LayerNorm(cfg.embed_dim)
+        self.context_block = ContextBlock(cfg)
+        self.token_block = TokenBlock(cfg)
+        if cfg.weight_tying:
+            self.head = nn.Linear(cfg.embed_dim, cfg.vocab_size, bias=False)
+            self.head.weight = self.embedding.weight
+        else:
+            # zero-initialised as in the original: Phase 1 leaves it untouched, Phase 2 trains it
+            self.head = nn.Linear(self.token_block.dims[-1], cfg.vocab_size)
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    @property
+    def ctx_dim(self) -> int:
+        return self.cfg.ctx_dim
+
+    def check_ids(self, ids: torch.Tensor) -> None:
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.cfg.vocab_size):
+            raise ValueError(
+                f"token ids range over [{int(ids.min())}, {int(ids.max())}] but the model's vocab_size is "
+                f"{self.cfg.vocab_size}: use the tokenizer the model was built for (ModelConfig.vocab_size = "
+                "tokenizer.vocab_size)"
+            )
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token inputs x for ids [..., T]: the last k normalised embeddings concatenated, [..., T, k*embed_dim].
+
+        Positions before the start of the sequence contribute zeros.
+        """
+        self.check_ids(ids)
+        e = self.embed_norm(self.embedding(ids))
+        k = self.cfg.num_input_tokens
+        if k == 1:
+            return e
+        parts = []
+        for back in range(k - 1, -1, -1):  # oldest first: [e_{i-k+1}; ...; e_i]
+            if back == 0:
+                parts.append(e)
+            else:
+                shifted = torch.zeros_like(e)
+                shifted[..., back:, :] = e[..., :-back, :]
+                parts.append(shifted)
+        return torch.cat(parts, dim=-1)
+
+    def initial_context(self, batch: int, device=None, dtype=None) -> torch.Tensor:
+        return torch.zeros(batch, self.cfg.ctx_dim, device=device, dtype=dtype or self.embedding.weight.dtype)
+
+    def predict(self, contexts: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Logits from per-layer contexts and token inputs (all positions at once)."""
+        return self.head(self.token_block(contexts, x))
+
+    def forward(self, ids: torch.Tensor, context: Optional[torch.Tensor] = None) -> CVFPOutput:
+        """Run a batch of sequences ids [B, T] (or one sequence [T]) from ``context`` (zeros when None)."""
+        squeeze = ids.dim() == 1
+        if squeeze:
+            ids = ids.unsqueeze(0)
+        x = self.embed_tokens(ids)
+        if context is None:
+            context = self.initial_context(ids.shape[0], ids.device, x.dtype)
+        per_layer = self.context_block.run(x, context)
+        logits = self.predict(per_layer, x)
+        out = CVFPOutput(logits=logits, context=per_layer[-1][:, -1], contexts=per_layer)
+        if squeeze:
+            out = CVFPOutput(out.logits[0], out.context[0], [c[0] for c in out.contexts])
+        return out
+
+    @torch.no_grad()
+    def generate(
+        self,
+        ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """Continue ids [B, T] (or [T]) by ``max_new_tokens`` sampled tokens; temperature 0 means greedy."""
+        k = self.cfg.num_input_tokens
+
+        def start(prompt: torch.Tensor):
+            out = self.forward(prompt)
+            return out.context, out.logits[:, -1]
+
+        def step(context: torch.Tensor, so_far: torch.Tensor):
+            x = self.embed_tokens(so_far[:, -k:])[:, -1]
+            per_layer = self.context_block.forward_all(context, x)
+            return per_layer[-1], self.predict(per_layer, x)
+
+        return generate_tokens(ids, max_new_tokens, temperature, top_k, generator, start, step)
+
+
+def build_cvfp_model(
+    cfg: ModelConfig, loader=load_gpt2_embeddings, reachable: Callable[[], bool] = hub_reachable
+) -> tuple[CVFPModel, EmbeddingChoice]:
+    """Build the CVFP model with ``cfg.embedding`` resolved; returns the model and which embedding it got."""
+    weights, choice = resolve_embedding(cfg, loader, reachable)
+    return CVFPModel(cfg, weights), choice

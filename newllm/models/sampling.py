@@ -1,0 +1,41 @@
+"""One sampling loop for every model: temperature, top-k, greedy."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def sample_next(
+    logits: torch.Tensor, temperature: float, top_k: Optional[int], generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """Sample one id per row from logits [B, V]; temperature 0 is argmax; top_k keeps the k largest logits."""
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k={top_k} must be >= 1 or None")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def generate_tokens(ids, max_new_tokens, temperature, top_k, generator, start, step) -> torch.Tensor:
+    """The sampling loop both models share: ``start(prompt) -> (state, last logits)`` runs the prompt, then
+    ``step(state, ids so far) -> (state, next logits)`` advances one token at a time."""
+    squeeze = ids.dim() == 1
+    if squeeze:
+        ids = ids.unsqueeze(0)
+    if ids.shape[1] == 0:
+        raise ValueError("generate needs a prompt of at least one token")
+    state, logits = start(ids)
+    for _ in range(max_new_tokens):
+        next_id = sample_next(logits, temperature, top_k, generator)
+        ids = torch.cat([ids, next_id[:, None]], dim=1)
+        state, logits = step(state, ids)
+    return ids[0] if squeeze else ids

@@ -1,0 +1,275 @@
+"""Model-size controls for the notebooks: sliders for ctx_dim and layers (and data size) with a live estimate.
+
+Moving a slider shows at once the parameter count (counted on PyTorch's meta device: no weights are allocated) and
+the memory the run will need on this machine: for the CVFP model the Phase-2 plan (``Phase2Workload.from_config``
++ ``plan_phase2`` under ``MemoryBudget.probe``), for the gated LM a closed-form estimate of end-to-end training.
+
+``size_controls`` returns the widget box and a :class:`SizeControls` object. The notebooks' run cell calls
+``controls.apply(values)``: slider values replace the parameters only for the sliders the user moved, so a
+papermill run (where nobody moves anything) uses the parameters unchanged. The estimate logic (``count_parameters``,
+``estimate_size``, ``SizeControls``) works without a browser; ipywidgets is imported only to build the box.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+from newllm.config.models import GatedLMConfig, ModelConfig
+from newllm.config.training import Phase2Config
+from newllm.training.planner import MemoryBudget, MemoryPlanError, Phase2Workload, format_bytes, plan_phase2
+
+FAMILIES = ("cvfp", "gated")
+# The gated trainer keeps every training window on the device (inputs and targets, int64).
+WINDOW_ID_BYTES = 2 * 8
+# Share of free memory a gated run may plan to use (the same safety margin as Phase2Config.memory_safety).
+GATED_MEMORY_SAFETY = Phase2Config().memory_safety
+
+
+def _check_family(family: str) -> None:
+    if family not in FAMILIES:
+        raise ValueError(f"family={family!r} is unknown: use one of {', '.join(map(repr, FAMILIES))}")
+
+
+def gated_model_config(ctx_dim: int, layers: int, vocab_size: int, embed_dim: Optional[int] = None) -> GatedLMConfig:
+    """The gated LM's config for these sizes (embedding width: seed 001's 256 unless given)."""
+    base = GatedLMConfig()
+    return dataclasses.replace(base, ctx_dim=ctx_dim, num_layers=layers, vocab_size=vocab_size,
+                               embed_dim=embed_dim or base.embed_dim)
+
+
+def cvfp_model_config(ctx_dim: int, layers: int, vocab_size: int, embed_dim: Optional[int] = None) -> ModelConfig:
+    """The CVFP model's config for these sizes (embedding width ctx_dim unless given; random embeddings)."""
+    return ModelConfig(vocab_size=vocab_size, ctx_dim=ctx_dim, embed_dim=embed_dim or ctx_dim, num_layers=layers,
+                       embedding="random")
+
+
+def count_parameters(family: str, ctx_dim: int, layers: int, vocab_size: int, embed_dim: Optional[int] = None) -> int:
+    """Parameters of the model with these sizes, counted on the meta device (nothing is allocated)."""
+    from newllm.models.common import parameter_count
+    from newllm.models.cvfp import CVFPModel
+    from newllm.models.gated import GatedContextLM
+
+    _check_family(family)
+    with torch.device("meta"):
+        if family == "gated":
+            model = GatedContextLM(gated_model_config(ctx_dim, layers, vocab_size, embed_dim))
+        else:
+            model = CVFPModel(cvfp_model_config(ctx_dim, layers, vocab_size, embed_dim))
+    return parameter_count(model)
+
+
+def gated_training_bytes(cfg: GatedLMConfig, batch_size: int, window: int, parameters: int,
+                         train_windows: int = 0) -> dict[str, int]:
+    """Closed-form memory of one end-to-end training step of the gated LM, per component (fp32 upper bound).
+
+    weights + gradients + Adam's two moments = 16 bytes per parameter; activations saved for backward per
+    predicted token: the [e; c] input, three tensors per hidden layer (linear output, ReLU, dropout), the
+    context update's ~11 ctx-wide tensors (three projections, two sigmoids, the gated sum, LayerNorm, clamp) and
+    the logits with their gradient; plus the training windows held on the device.
+    """
+    per_token = (cfg.embed_dim + cfg.ctx_dim) + 3 * cfg.num_layers * cfg.hidden_dim + 11 * cfg.ctx_dim \
+        + 2 * cfg.vocab_size
+    return {
+        "weights": 4 * parameters,
+        "gradients": 4 * parameters,
+        "Adam moments": 8 * parameters,
+        "activations (one batch)": 4 * per_token * batch_size * (window - 1),
+        "training windows": WINDOW_ID_BYTES * train_windows * window,
+    }
+
+
+@dataclass(frozen=True)
+class SizeEstimate:
+    """What a model of these sizes costs on this machine."""
+
+    parameters: int
+    peak_bytes: Optional[int]  # planned peak where the run computes (GPU on CUDA, host RAM on CPU); None: no plan fits
+    limit_bytes: int  # what that place may use (safety x free)
+    where: str  # "GPU" or "host RAM"
+    detail: str  # how the estimate was made / the plan's choices
+    fits: bool
+
+    def text(self) -> str:
+        return f"{self.parameters:,} parameters | {self.memory_text()} | {self.detail}"
+
+    def memory_text(self) -> str:
+        if self.peak_bytes is None:
+            return f"does NOT fit in {format_bytes(self.limit_bytes)} of usable {self.where}"
+        verdict = "fits" if self.fits else "does NOT fit"
+        return (f"{self.where} peak {format_bytes(self.peak_bytes)} of {format_bytes(self.limit_bytes)} usable: "
+                f"{verdict}")
+
+
+def estimate_size(
+    family: str,
+    ctx_dim: int,
+    layers: int,
+    *,
+    vocab_size: int,
+    budget: MemoryBudget,
+    embed_dim: Optional[int] = None,
+    train_tokens: int = 0,
+    val_tokens: int = 0,
+    phase2: Phase2Config = Phase2Config(),
+    batch_size: int = 32,
+    window: int = 64,
+    train_windows: int = 0,
+) -> SizeEstimate:
+    """Parameter count and memory peak of a run with these sizes (cvfp: the Phase-2 plan; gated: training)."""
+    _check_family(family)
+    where = "GPU" if budget.device_type == "cuda" else "host RAM"
+    if family == "cvfp":
+        cfg = cvfp_model_config(ctx_dim, layers, vocab_size, embed_dim)
+        work = Phase2Workload.from_config(cfg, max(train_tokens, 1), max(val_tokens, 1))
+        place = "device" if budget.device_type == "cuda" else "host"
+        try:
+            plan = plan_phase2(work, phase2, budget)
+        except MemoryPlanError as exc:
+            limit = int(phase2.memory_safety * (budget.device_free if place == "device" else budget.host_available))
+            return SizeEstimate(work.params, None, limit, where, str(exc).splitlines()[0], False)
+        detail = (f"Phase-2 plan for {train_tokens:,} + {val_tokens:,} tokens: cache on {plan.placement} as "
+                  f"{plan.cache_dtype}, micro-batch {plan.micro_batch_size:,}")
+        return SizeEstimate(work.params, plan.peak(place), plan.limits[place], where, detail, True)
+    cfg = gated_model_config(ctx_dim, layers, vocab_size, embed_dim)
+    params = count_parameters("gated", ctx_dim, layers, vocab_size, embed_dim)
+    parts = gated_training_bytes(cfg, batch_size, window, params, train_windows)
+    free = budget.device_free if budget.device_type == "cuda" else budget.host_available
+    limit = int(GATED_MEMORY_SAFETY * free)
+    peak = sum(parts.values())
+    detail = f"end-to-end training, batch {batch_size} x {window - 1} tokens (estimate)"
+    return SizeEstimate(params, peak, limit, where, detail, peak <= limit)
+
+
+@dataclass
+class SizeControls:
+    """Slider state: the values the notebook started with, the current ones, and the estimate they give.
+
+    ``estimator(values) -> SizeEstimate`` is called with the current ``{name: value}``. ``set`` is what a slider's
+    observer calls; ``apply`` merges the moved values into the notebook's parameters.
+    """
+
+    initial: dict[str, int]
+    estimator: Callable[[dict[str, int]], SizeEstimate]
+    applied: tuple[str, ...] = ()  # sliders whose value replaces the parameter when moved (others: estimate only)
+    current: dict[str, int] = field(default_factory=dict)
+    estimate: Optional[SizeEstimate] = None
+    listeners: list[Callable[[SizeEstimate], None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.current = dict(self.initial) if not self.current else self.current
+        self.applied = tuple(self.applied) if self.applied else tuple(self.initial)
+        unknown = sorted(set(self.applied) - set(self.initial))
+        if unknown:
+            raise ValueError(f"applied={unknown} are not sliders; sliders are {sorted(self.initial)}")
+        self.estimate = self.estimator(dict(self.current))
+
+    @property
+    def moved(self) -> dict[str, int]:
+        """The sliders whose value differs from the parameter they started at."""
+        return {k: v for k, v in self.current.items() if v != self.initial[k]}
+
+    def set(self, name: str, value: int) -> SizeEstimate:
+        """Record a slider's new value and recompute the estimate."""
+        if name not in self.initial:
+            raise ValueError(f"no slider named {name!r}; sliders are {sorted(self.initial)}")
+        self.current[name] = int(value)
+        self.estimate = self.estimator(dict(self.current))
+        for listener in self.listeners:
+            listener(self.estimate)
+        return self.estimate
+
+    def apply(self, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` with the moved (applied) sliders' values; records them under ``"sliders"``."""
+        moved = {k: v for k, v in self.moved.items() if k in self.applied}
+        if not moved:
+            return values
+        return {**values, **moved, "sliders": moved}
+
+    def summary(self) -> str:
+        """One line for the notebook's text output (the widget itself is not a result)."""
+        sizes = ", ".join(f"{k}={v}" for k, v in self.current.items())
+        moved = f" (moved: {', '.join(sorted(self.moved))})" if self.moved else ""
+        return f"{sizes}{moved}: {self.estimate.text()}"
+
+
+SLIDER_RANGES = {  # name -> (min, max, step); the max grows to hold the parameter's own value
+    "ctx_dim": (8, 2048, 8),
+    "layers": (1, 24, 1),
+    "samples": (1, 1000, 1),
+}
+
+
+def size_controls(
+    initial: dict[str, int],
+    estimator: Callable[[dict[str, int]], SizeEstimate],
+    applied: tuple[str, ...] = (),
+    labels: Optional[dict[str, str]] = None,
+) -> tuple[Any, SizeControls]:
+    """An ipywidgets box (one IntSlider per ``initial`` entry, and the estimate as HTML) and its state."""
+    import ipywidgets as widgets
+
+    controls = SizeControls(dict(initial), estimator, applied)
+    label = widgets.HTML(value=_html(controls.estimate))
+    sliders = []
+    for name, value in initial.items():
+        low, high, step = SLIDER_RANGES.get(name, (1, max(4 * value, 1), 1))
+        slider = widgets.IntSlider(value=value, min=min(low, value), max=max(high, value), step=step,
+                                   description=(labels or {}).get(name, name), continuous_update=False,
+                                   style={"description_width": "initial"}, layout=widgets.Layout(width="480px"))
+        slider.observe(lambda change, n=name: controls.set(n, change["new"]), names="value")
+        sliders.append(slider)
+    controls.listeners.append(lambda estimate: setattr(label, "value", _html(estimate)))
+    return widgets.VBox([*sliders, label]), controls
+
+
+def _html(estimate: SizeEstimate) -> str:
+    colour = "green" if estimate.fits else "red"
+    return (f"<b>{estimate.parameters:,}</b> parameters &nbsp;|&nbsp; "
+            f"<span style='color:{colour}'>{html.escape(estimate.memory_text())}</span>"
+            f"<br><small>{html.escape(estimate.detail)}</small>")
+
+
+def notebook_controls(
+    family: str,
+    values: dict[str, Any],
+    *,
+    vocab_size: int,
+    embed_dim: Optional[int] = None,
+    tokens_per_sample: float = 0.0,
+    val_tokens: int = 0,
+    batch_size: Optional[int] = None,
+    budget: Optional[MemoryBudget] = None,
+) -> tuple[Any, SizeControls]:
+    """The sliders of a notebook's resolved parameters: ctx_dim and layers, and for the CVFP model ``samples``.
+
+    ``tokens_per_sample`` / ``val_tokens`` turn the samples slider into token counts (measure them on the corpus,
+    e.g. :func:`newllm.notebook.pipelines.data_sizes`). A list of sizes (the scaling sweep) shows its largest
+    size and is not changed by the slider (estimate only); a single size is. ``batch_size``: gated windows per
+    batch (default 32) or cvfp Phase-2 tokens per step (default: the planner's). ``budget``: this machine by default.
+    """
+    _check_family(family)
+    if budget is None:
+        budget = MemoryBudget.probe(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    initial = {"ctx_dim": int(values["ctx_dim"]), "layers": int(values["layers"])}
+    applied: tuple[str, ...] = ("ctx_dim", "layers")
+    labels = {}
+    samples = values.get("samples")
+    if family == "cvfp" and samples is not None:
+        sweep = isinstance(samples, (list, tuple))
+        initial["samples"] = int(max(samples)) if sweep else int(samples)
+        labels["samples"] = "largest size (estimate only)" if sweep else "samples"
+        applied = applied if sweep else applied + ("samples",)
+    phase2 = Phase2Config(batch_size=batch_size) if family == "cvfp" and batch_size else Phase2Config()
+
+    def estimator(current: dict[str, int]) -> SizeEstimate:
+        n = current.get("samples", 0)
+        return estimate_size(family, current["ctx_dim"], current["layers"], vocab_size=vocab_size, budget=budget,
+                             embed_dim=embed_dim, train_tokens=int(round(tokens_per_sample * n)),
+                             val_tokens=val_tokens, phase2=phase2, batch_size=batch_size or 32)
+
+    return size_controls(initial, estimator, applied, labels)

@@ -1,0 +1,443 @@
+"""Phase 1: fixed-point context learning of the ContextBlock (seed-spec 4.4-4.6, 5.2).
+
+Each iteration takes one Adam step on the ContextBlock only (embedding, TokenBlock and head are never touched):
+
+    Y = ContextBlock(incoming, x)                   all tokens in one batch (chunked: see accumulate_phase1_gradients)
+    L = (1 - w) * mean((Y - target)^2) + w * diversity(Y),   w = dist_reg_weight
+    diversity "dispersion" = -||Y - mean(Y)||_F / n      (the original's; shrinks like 1/sqrt(n))
+              "dispersion_rms" = -||Y - mean(Y)||_F / sqrt(n)   (RMS distance to the mean; size-invariant)
+
+The solvers differ only in ``incoming``, the context each token receives:
+- "sequential": the exact contexts under the current weights, shifted by one (token 0 of each stream gets the zero
+  start context). The original's sequential trainer detached the incoming context at every token, so its loss and
+  gradients are exactly those of this one batched step: exact semantics at the price of one no-grad evaluation
+  of the recurrence (newllm/recurrence.py) plus one batched step.
+- "parallel": the previous iteration's outputs shifted by one, plus optional Gaussian noise (the original's).
+  ``sweeps_per_step`` k > 1 first refines them with k - 1 Jacobi sweeps under the current weights.
+
+Iteration 0 produces the first contexts (exact recurrence, or N(0, 0.01^2) noise) and takes no step; it counts as
+an iteration, as in the original logs ("1/40"). ``target``: "previous" = the last iteration's outputs, "fixed" =
+iteration 0's. Convergence: share of tokens whose mean squared change against the previous iteration is below
+``convergence_threshold``; stop early once it is >= ``min_converged_ratio`` and at least ``min_iterations`` ran.
+
+Deliberate differences from the original: token 0 receives the zero start context in both solvers (the original
+parallel trainer wrapped the stream around and gave it the last token's context); a non-finite loss or gradient
+raises ``FloatingPointError`` instead of being skipped; with several gradient-accumulation chunks the loss and
+gradients equal the unchunked ones (the original computed the dispersion per chunk).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from newllm.config.training import Phase1Config
+from newllm.data.token_ids import StreamsInput, TokenIds, split_streams  # noqa: F401 (re-exported)
+from newllm.evaluation.context_metrics import ContextMetrics, context_metrics, convergence_rate, effective_rank
+from newllm.models.cvfp import ContextBlock, CVFPModel
+from newllm.recurrence.evaluate import evaluate_contexts
+from newllm.recurrence.inputs import RecurrenceResult, TokenInputs, valid_mask
+
+RANDOM_FIRST_PASS_STD = 0.01
+
+
+# ------------------------------------------------------------------------------------------ losses
+
+def diversity_term(outputs: torch.Tensor, kind: str = "dispersion") -> torch.Tensor:
+    """-||Y - mean(Y)||_F / n ("dispersion") or / sqrt(n) ("dispersion_rms") for Y [n, d]."""
+    n = outputs.shape[0]
+    spread = torch.linalg.vector_norm(outputs - outputs.mean(dim=0, keepdim=True))
+    return -spread / _diversity_scale(n, kind)
+
+
+def _diversity_scale(n: int, kind: str) -> float:
+    if kind == "dispersion":
+        return float(n)
+    if kind == "dispersion_rms":
+        return math.sqrt(n)
+    raise ValueError(f"diversity={kind!r}: use 'dispersion' or 'dispersion_rms'")
+
+
+def phase1_loss(
+    outputs: torch.Tensor, target: torch.Tensor, weight: float, diversity: str = "dispersion"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, cvfp, diversity) with loss = (1 - weight) * mean((Y - target)^2) + weight * diversity(Y)."""
+    cvfp = (outputs - target).pow(2).mean()
+    div = diversity_term(outputs, diversity)
+    return (1.0 - weight) * cvfp + weight * div, cvfp, div
+
+
+@dataclass
+class StepStats:
+    """What one accumulated forward/backward produced (values of the whole, unchunked loss)."""
+
+    loss: float
+    cvfp: float
+    diversity: float
+    outputs: torch.Tensor  # Y [n, ctx_dim], detached
+
+
+def block_outputs(
+    block: ContextBlock, incoming: torch.Tensor, x: torch.Tensor, token_index: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Y = block(incoming, token inputs) for a batch of rows; with ``token_index`` [n], ``x`` holds distinct token
+    inputs and row i uses x[token_index[i]] (each distinct row's projection is computed once)."""
+    if token_index is None:
+        return block(incoming, x)
+    return block.step(incoming, [p[token_index] if p.dim() == 2 else p for p in block.token_projections(x)])[-1]
+
+
+def accumulate_phase1_gradients(
+    block: ContextBlock,
+    incoming: torch.Tensor,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    weight: float,
+    diversity: str = "dispersion",
+    chunk_size: Optional[int] = None,
+    token_index: Optional[torch.Tensor] = None,
+) -> StepStats:
+    """Backpropagate the Phase-1 loss of Y = block(incoming, x) into the block's ``.grad`` (accumulating).
+
+    ``token_index`` [n]: ``x`` holds the distinct token inputs and row i uses x[token_index[i]]; the token share
+    of every projection (forward, and its weight gradient) then costs distinct rows, not tokens (4,000 WikiText-2
+    tokens have ~1,100 distinct ones). The token projections are computed once and backpropagated once, after all
+    chunks.
+
+    Rows are independent given ``incoming``, so chunks of ``chunk_size`` rows bound memory. The CVFP term is a sum
+    over rows; the dispersion is not, so with several chunks a first no-grad pass computes mean(Y) and
+    ||Y - mean(Y)||_F, and each chunk then backpropagates the exact per-row gradient
+    d(-||Y - mean||_F / s)/dy_i = -(y_i - mean) / (s ||Y - mean||_F) (the mean's own dependence cancels because
+    the deviations sum to zero). Loss and gradients equal the unchunked ones at the cost of one more no-grad
+    forward pass.
+    """
+    n = incoming.shape[0]
+    if n == 0:
+        raise ValueError("Phase 1 needs at least one token")
+    if token_index is not None and token_index.shape != (n,):
+        raise ValueError(f"token_index must have shape [{n}], got {tuple(token_index.shape)}")
+    projections = block.token_projections(x)
+    # leaves that collect the gradient of every chunk; one backward through the projections at the end
+    leaves = [p.detach().requires_grad_() if p.dim() == 2 else p for p in projections]
+    chunk = n if chunk_size is None else max(1, int(chunk_size))
+    bounds = [(start, min(n, start + chunk)) for start in range(0, n, chunk)]
+
+    def forward(s: int, e: int) -> torch.Tensor:
+        rows = slice(s, e) if token_index is None else token_index[s:e]
+        return block.step(incoming[s:e], [leaf[rows] if leaf.dim() == 2 else leaf for leaf in leaves])[-1]
+
+    if len(bounds) == 1:
+        y = forward(0, n)
+        loss, cvfp, div = phase1_loss(y, target, weight, diversity)
+        outputs = y.detach()
+        if torch.isfinite(loss):
+            loss.backward()
+    else:
+        with torch.no_grad():
+            outputs = torch.cat([forward(s, e) for s, e in bounds])
+            loss, cvfp, div = phase1_loss(outputs, target, weight, diversity)
+            mean = outputs.mean(dim=0, keepdim=True)
+            spread = float(torch.linalg.vector_norm(outputs - mean))
+        denominator = _diversity_scale(n, diversity) * spread
+        for s, e in bounds if torch.isfinite(loss) else []:
+            y = forward(s, e)
+            cvfp_part = (y - target[s:e]).pow(2).sum() / outputs.numel()
+            if denominator > 0:
+                div_part = -(y * ((outputs[s:e] - mean) / denominator)).sum()
+            else:  # all outputs equal: the norm has no gradient there (as torch's norm backward at 0)
+                div_part = y.sum() * 0.0
+            ((1.0 - weight) * cvfp_part + weight * div_part).backward()
+    pending = [(p, leaf.grad) for p, leaf in zip(projections, leaves) if p.dim() == 2 and leaf.grad is not None]
+    if pending:
+        torch.autograd.backward([p for p, _ in pending], [grad for _, grad in pending])
+    return StepStats(float(loss.detach()), float(cvfp.detach()), float(div.detach()), outputs)
+
+
+# ------------------------------------------------------------------------------------------ token streams
+
+@dataclass
+class StreamInputs:
+    """The token inputs of one or more streams: flat [N, token_dim], and each distinct input once with an index."""
+
+    x: torch.Tensor  # [N, token_dim], streams concatenated
+    lengths: list[int]  # tokens per stream (sum N)
+    distinct: torch.Tensor  # [U, token_dim]: each distinct token input once
+    token_index: torch.Tensor  # [N]: x[i] == distinct[token_index[i]]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.x.shape[0]
+
+    def starts(self) -> torch.Tensor:
+        """Flat index of each stream's first token."""
+        offsets = np.cumsum([0] + self.lengths[:-1])
+        return torch.as_tensor(offsets, dtype=torch.long, device=self.x.device)
+
+    def shift(self, contexts: torch.Tensor) -> torch.Tensor:
+        """Incoming contexts: row i gets row i-1 of its own stream; each stream's first token gets zeros."""
+        incoming = torch.roll(contexts, shifts=1, dims=0)
+        incoming[self.starts()] = 0.0
+        return incoming
+
+    def padded_lengths(self) -> torch.Tensor:
+        return torch.tensor(self.lengths, device=self.x.device)
+
+    def inputs(self, block: ContextBlock) -> TokenInputs:
+        """The streams as the recurrence reads them: a padded batch [B, T_max] whose projections are computed once
+        per distinct input (index U, one past the last row, is a zero input past each stream's end)."""
+        index = torch.full((len(self.lengths), max(self.lengths)), self.distinct.shape[0], dtype=torch.long,
+                           device=self.x.device)
+        index[self._mask()] = self.token_index
+        return TokenInputs(block, self.distinct, index)
+
+    def to_padded(self, flat: torch.Tensor) -> torch.Tensor:
+        """Flat rows [N, d] -> [B, T_max, d], zeros past each stream's end."""
+        out = flat.new_zeros(len(self.lengths), max(self.lengths), flat.shape[-1])
+        out[self._mask()] = flat
+        return out
+
+    def to_flat(self, padded: torch.Tensor) -> torch.Tensor:
+        return padded[self._mask()]
+
+    def _mask(self) -> torch.Tensor:
+        return valid_mask(self.padded_lengths(), max(self.lengths))
+
+
+def prepare_streams(model: CVFPModel, ids_or_streams: StreamsInput, streams: str = "concat") -> StreamInputs:
+    """Token inputs for Phase 1: "concat" joins all samples into one stream (as the original); "per_sample" keeps
+    each sample a stream of its own, starting from a zero context (the k-token input window restarts too)."""
+    if streams not in ("concat", "per_sample"):
+        raise ValueError(f"streams={streams!r}: use 'concat' or 'per_sample'")
+    device = model.embedding.weight.device
+    parts = split_streams(ids_or_streams)
+    if streams == "concat":
+        parts = [torch.cat(parts)]
+    with torch.no_grad():
+        inputs = [model.embed_tokens(part.to(device)) for part in parts]
+    x = inputs[0] if len(inputs) == 1 else torch.cat(inputs)
+    distinct, token_index = _distinct_inputs(x, parts, model.cfg.num_input_tokens)
+    return StreamInputs(x, [part.shape[0] for part in inputs], distinct, token_index)
+
+
+def _distinct_inputs(x: torch.Tensor, parts: Sequence[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct rows of x and each token's row: a token's input is a function of its last k ids (-1 before
+    its stream's start), so rows are grouped by those k-grams."""
+    grams = []
+    for ids in parts:
+        padded = torch.cat([ids.new_full((k - 1,), -1), ids])
+        grams.append(padded.unfold(0, k, 1))  # [T, k]: ids i-k+1 .. i
+    keys = torch.cat(grams).to(x.device)
+    _, token_index = torch.unique(keys, dim=0, return_inverse=True)
+    distinct = x.new_empty(int(token_index.max()) + 1, x.shape[-1])
+    distinct[token_index] = x  # equal keys carry identical rows, so any writer wins
+    return distinct, token_index
+
+
+def exact_contexts(
+    block: ContextBlock, streams: StreamInputs, cfg: Phase1Config, initial: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, RecurrenceResult]:
+    """Carried contexts [N, ctx_dim] of the exact recurrence under the block's current weights (no gradients);
+    ``initial`` [N, ctx_dim] is a guess (e.g. the previous iteration's) the parallel methods may start from."""
+    guess = None if initial is None else streams.to_padded(initial)
+    result = evaluate_contexts(
+        block, streams.inputs(block), None, method=cfg.recurrence, tol=cfg.tol, initial=guess,
+        lengths=streams.padded_lengths(), all_layers=False,
+    )
+    return streams.to_flat(result.final), result
+
+
+def jacobi_sweep(block: ContextBlock, streams: StreamInputs, contexts: torch.Tensor) -> torch.Tensor:
+    """One parallel sweep (no gradients): every token from the given contexts shifted by one."""
+    with torch.no_grad():
+        return block_outputs(block, streams.shift(contexts), streams.distinct, streams.token_index)
+
+
+# ------------------------------------------------------------------------------------------ the trainer
+
+@dataclass
+class Phase1Result:
+    """What Phase 1 produced. ``history`` has one row per iteration (iteration 0 included)."""
+
+    history: pd.DataFrame
+    contexts: torch.Tensor  # [N, ctx_dim] final train contexts (Phase1Config.final_contexts), streams concatenated
+    lengths: list[int]  # tokens per stream of ``contexts``
+    iterations: int  # iterations run, iteration 0 included (the original's count)
+    steps: int  # optimizer steps taken (iterations - 1)
+    converged: bool  # the convergence criterion was met
+    stopped_early: bool  # ... before max_iterations
+    train_metrics: ContextMetrics
+    val_metrics: Optional[ContextMetrics]
+    val_contexts: Optional[torch.Tensor]
+    seconds: float  # wall time of the whole call
+
+
+def _check_model(model: CVFPModel) -> list[torch.nn.Parameter]:
+    if not isinstance(getattr(model, "context_block", None), ContextBlock):
+        raise TypeError("train_phase1 needs a CVFPModel (with a .context_block); build one with build_cvfp_model")
+    params = [p for p in model.context_block.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the ContextBlock has no trainable parameters (all requires_grad=False)")
+    return params
+
+
+def _non_finite_error(iteration: int, what: str, stats: Optional[StepStats], cfg: Phase1Config) -> FloatingPointError:
+    detail = "" if stats is None else f" (loss={stats.loss}, cvfp={stats.cvfp}, diversity={stats.diversity})"
+    return FloatingPointError(
+        f"Phase 1 iteration {iteration}: non-finite {what}{detail}. The weights were left as they were before "
+        f"this step. Lower lr (now {cfg.lr}), check the token inputs for NaN/inf, or lower dist_reg_weight "
+        f"(now {cfg.dist_reg_weight})."
+    )
+
+
+def train_phase1(
+    model: CVFPModel,
+    ids_or_streams: StreamsInput,
+    cfg: Phase1Config = Phase1Config(),
+    val_ids: Optional[StreamsInput] = None,
+    progress: bool = True,
+    callback: Optional[Callable[[dict], None]] = None,
+) -> Phase1Result:
+    """Train the model's ContextBlock with Phase 1 (see the module docstring); returns history, contexts, metrics.
+
+    ``ids_or_streams``: one stream of token ids (1-D tensor / array / list) or a list of samples (with
+    ``cfg.streams="per_sample"`` each is its own stream; with "concat" they are joined). ``val_ids`` likewise;
+    validation contexts always come from the exact recurrence under the final weights. ``callback(row)`` receives
+    each history row as it is recorded.
+    """
+    began_call = time.perf_counter()
+    params = _check_model(model)
+    block = model.context_block
+    streams = prepare_streams(model, ids_or_streams, cfg.streams)
+    device = streams.x.device
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    sweeps_per_step = cfg.sweeps_per_step or 1
+    rows: list[dict] = []
+    bar = tqdm(total=cfg.max_iterations, desc=f"Phase 1 ({cfg.solver})", unit="it", disable=not progress)
+
+    def record(row: dict, outputs: torch.Tensor, iteration: int) -> None:
+        metric_began = time.perf_counter()
+        wants_er = cfg.er_every > 0 and iteration % cfg.er_every == 0
+        row["train_er_pct"] = (
+            effective_rank(outputs, cfg.er_max_rows, cfg.seed).er_pct if wants_er else float("nan")
+        )
+        row["metrics_seconds"] = time.perf_counter() - metric_began
+        rows.append(row)
+        bar.update(1)
+        bar.set_postfix(
+            loss=f"{row['loss']:.4g}", conv=f"{row['converged_ratio']:.3f}", er=f"{row['train_er_pct']:.1f}"
+        )
+        if callback is not None:
+            callback(dict(row))
+
+    try:
+        # iteration 0: the first contexts, no step
+        began = time.perf_counter()
+        exact_now = cfg.first_pass == "exact"  # True while ``previous`` is the exact recurrence under current weights
+        if exact_now:
+            previous, info = exact_contexts(block, streams, cfg)
+            method, sweeps = info.method, info.sweeps
+        else:
+            previous = RANDOM_FIRST_PASS_STD * torch.randn(
+                streams.n_tokens, block.ctx_dim, generator=generator, device=device, dtype=streams.x.dtype
+            )
+            method, sweeps = "random", 0
+        fixed_target = previous if cfg.target == "fixed" else None
+        with torch.no_grad():
+            first_div = float(diversity_term(previous, cfg.diversity))
+        record(_row(0, time.perf_counter() - began, math.nan, math.nan, first_div, math.nan, math.nan, method, sweeps),
+               previous, 0)
+
+        converged = False
+        iteration = 0
+        for iteration in range(1, cfg.max_iterations):
+            began = time.perf_counter()
+            if cfg.solver == "sequential":
+                if exact_now:
+                    current = previous
+                    method, sweeps = "reused", 0
+                else:
+                    current, info = exact_contexts(block, streams, cfg, initial=previous)
+                    method, sweeps = info.method, info.sweeps
+                incoming = streams.shift(current)
+            else:
+                current = previous
+                for _ in range(sweeps_per_step - 1):
+                    current = jacobi_sweep(block, streams, current)
+                method, sweeps = "parallel", sweeps_per_step
+                incoming = streams.shift(current)
+                if cfg.noise_std > 0:
+                    incoming = incoming + cfg.noise_std * torch.randn(
+                        incoming.shape, generator=generator, device=device, dtype=incoming.dtype
+                    )
+            target = fixed_target if fixed_target is not None else previous
+            optimizer.zero_grad(set_to_none=True)
+            stats = accumulate_phase1_gradients(
+                block, incoming, streams.distinct, target, cfg.dist_reg_weight, cfg.diversity, cfg.chunk_size,
+                streams.token_index,
+            )
+            if not math.isfinite(stats.loss):
+                optimizer.zero_grad(set_to_none=True)
+                raise _non_finite_error(iteration, "loss", stats, cfg)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+            if not math.isfinite(grad_norm):
+                optimizer.zero_grad(set_to_none=True)
+                raise _non_finite_error(iteration, "gradient norm", stats, cfg)
+            optimizer.step()
+            exact_now = False
+            ratio = convergence_rate(stats.outputs, previous, cfg.convergence_threshold)
+            previous = stats.outputs
+            seconds = time.perf_counter() - began
+            row = _row(iteration, seconds, stats.loss, stats.cvfp, stats.diversity, ratio, grad_norm, method, sweeps)
+            record(row, previous, iteration)
+            if iteration + 1 >= cfg.min_iterations and ratio >= cfg.min_converged_ratio:
+                converged = True
+                break
+    finally:
+        bar.close()
+
+    if cfg.final_contexts == "exact":
+        contexts, _ = exact_contexts(block, streams, cfg, initial=previous)
+    else:
+        contexts = previous
+    train_metrics = context_metrics(contexts, streams.lengths, max_rows=cfg.er_max_rows, seed=cfg.seed)
+    val_contexts, val_metrics = None, None
+    if val_ids is not None:
+        val_streams = prepare_streams(model, val_ids, cfg.streams)
+        val_contexts, _ = exact_contexts(block, val_streams, cfg)
+        val_metrics = context_metrics(val_contexts, val_streams.lengths, max_rows=cfg.er_max_rows, seed=cfg.seed)
+    iterations = iteration + 1
+    return Phase1Result(
+        history=pd.DataFrame(rows),
+        contexts=contexts,
+        lengths=streams.lengths,
+        iterations=iterations,
+        steps=iterations - 1,
+        converged=converged,
+        stopped_early=converged and iterations < cfg.max_iterations,
+        train_metrics=train_metrics,
+        val_metrics=val_metrics,
+        val_contexts=val_contexts,
+        seconds=time.perf_counter() - began_call,
+    )
+
+
+def _row(iteration, seconds, loss, cvfp, diversity, ratio, grad_norm, method, sweeps) -> dict:
+    return {
+        "iteration": iteration,
+        "seconds": seconds,  # solver time of the iteration (exact evaluation / sweeps + the step); metrics excluded
+        "loss": loss,
+        "cvfp": cvfp,
+        "diversity": diversity,
+        "converged_ratio": ratio,
+        "grad_norm": grad_norm,  # before clipping
+        "eval_method": method,  # how the incoming contexts were obtained
+        "eval_sweeps": sweeps,  # sweeps / segment rounds that took
+    }

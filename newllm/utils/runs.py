@@ -1,0 +1,114 @@
+"""Run folders: everything a run produces lives under ``results/<experiment>/<run-name>/``.
+
+A run folder holds ``config.json`` (every setting, plus what was resolved at run time: dataset actually used,
+device, embedding), metrics tables as CSV (appended row by row, so an interrupted sweep keeps what it finished), and
+plots as PNG. Names follow the original's pattern where it had one (``new_llm_wikitext_ctx512_layers12_int8``) and an
+existing run is never overwritten: a second run with the same name gets ``_2``, ``_3``, ...
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import pandas as pd
+
+from newllm.utils.io import atomic_write_json, atomic_write_text
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(name: str) -> str:
+    """A folder-safe version of ``name`` (letters, digits, '.', '_' and '-')."""
+    cleaned = _SAFE.sub("_", name.strip()).strip("._")
+    if not cleaned:
+        raise ValueError(f"run/experiment name {name!r} has no usable characters (use letters, digits, '_', '-')")
+    return cleaned
+
+
+def original_run_name(ctx_dim: int, layers: int, quantization: str = "none", prefix: str = "new_llm_wikitext") -> str:
+    """The original's naming pattern: ``new_llm_wikitext_ctx{D}_layers{L}[_int8]``."""
+    suffix = "" if quantization in ("none", "", None) else f"_{quantization}"
+    return f"{prefix}_ctx{ctx_dim}_layers{layers}{suffix}"
+
+
+@dataclass
+class RunFolder:
+    """One run's folder and its files."""
+
+    path: Path
+    experiment: str
+    name: str
+    created: float = field(default_factory=time.time)
+
+    @classmethod
+    def create(
+        cls, experiment: str, name: Optional[str] = None, results_dir: Union[str, Path] = "results", resume: bool = False
+    ) -> "RunFolder":
+        """Make a new run folder (never reusing an existing one unless ``resume`` names it explicitly)."""
+        experiment = safe_name(experiment)
+        base = safe_name(name or time.strftime("run_%Y%m%d_%H%M%S"))
+        root = Path(results_dir) / experiment
+        if resume:
+            path = root / base
+            if not path.is_dir():
+                raise ValueError(f"cannot resume run {base!r}: {path} does not exist (omit resume to start a new run)")
+            return cls(path, experiment, base)
+        root.mkdir(parents=True, exist_ok=True)
+        candidate, counter = base, 1
+        while True:
+            path = root / candidate
+            try:
+                path.mkdir()  # atomic claim: two processes never get the same folder
+                return cls(path, experiment, candidate)
+            except FileExistsError:
+                counter += 1
+                candidate = f"{base}_{counter}"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def write_config(self, **sections: Any) -> Path:
+        """config.json: each section a config object (with ``to_dict``) or a plain JSON-able value."""
+        payload = {key: (value.to_dict() if hasattr(value, "to_dict") else value) for key, value in sections.items()}
+        path = self.file("config.json")
+        atomic_write_json(path, payload)
+        return path
+
+    def read_config(self) -> dict:
+        return json.loads(self.file("config.json").read_text(encoding="utf-8"))
+
+    def append_row(self, table: str, row: Mapping[str, Any]) -> Path:
+        """Append one row to ``<table>.csv`` (rewritten atomically, so a crash never leaves a half row)."""
+        path = self.file(f"{table}.csv")
+        new = pd.DataFrame([dict(row)])
+        frame = pd.concat([pd.read_csv(path), new], ignore_index=True) if path.exists() else new
+        atomic_write_text(path, frame.to_csv(index=False))
+        return path
+
+    def read_table(self, table: str) -> pd.DataFrame:
+        path = self.file(f"{table}.csv")
+        return pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+    def write_table(self, table: str, frame: pd.DataFrame) -> Path:
+        path = self.file(f"{table}.csv")
+        atomic_write_text(path, frame.to_csv(index=False))
+        return path
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        path = self.file(name if name.endswith(".json") else f"{name}.json")
+        atomic_write_json(path, obj)
+        return path
+
+    def save_figure(self, figure: Any, name: str) -> Path:
+        """Save a matplotlib figure as PNG atomically."""
+        from newllm.utils.io import atomic_path
+
+        path = self.file(name if name.endswith(".png") else f"{name}.png")
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        return path
