@@ -29,3 +29,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent (only present beside the repo in this project's CI)")
     return SHARED_DATA
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` need a CUDA GPU: skipped here and in CI, run by bench/gpu_check.py on a GPU machine."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on a GPU machine: python bench/gpu_check.py)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

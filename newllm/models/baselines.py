@@ -24,6 +24,7 @@ from newllm.config.models import GatedLMConfig, LSTMConfig, ModelConfig, Transfo
 from newllm.models.common import parameter_count
 from newllm.models.cvfp import CVFPModel
 from newllm.models.gated import GatedContextLM
+from newllm.models.sampling import Sampling
 from newllm.utils.runtime import seed_everything
 
 KINDS = ("lstm", "transformer")
@@ -36,7 +37,7 @@ PREFERRED_ASPECT = {"lstm": 128.0, "transformer": 64.0}
 
 # ------------------------------------------------------------------------------------------ LSTM
 
-class LSTMLM(nn.Module):
+class LSTMLM(Sampling, nn.Module):
     """Embedding -> stacked LSTM -> linear head over the vocabulary."""
 
     def __init__(self, cfg: LSTMConfig):
@@ -59,6 +60,13 @@ class LSTMLM(nn.Module):
         check_ids(ids, self.cfg.vocab_size)
         hidden, _ = self.lstm(self.dropout(self.embedding(ids)))
         return self.head(self.dropout(hidden))
+
+    # generate() comes from Sampling; forward() starts from a zero state, so each step re-reads the whole sequence
+    def sampling_start(self, prompt: torch.Tensor):
+        return None, self.forward(prompt)[:, -1]
+
+    def sampling_step(self, state, so_far: torch.Tensor):
+        return None, self.forward(so_far)[:, -1]
 
 
 # ------------------------------------------------------------------------------------------ Transformer
@@ -107,7 +115,7 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class TransformerLM(nn.Module):
+class TransformerLM(Sampling, nn.Module):
     """A small GPT-style causal LM: token + learned position embeddings, pre-LN blocks, final LN, linear head."""
 
     def __init__(self, cfg: TransformerConfig):
@@ -148,6 +156,13 @@ class TransformerLM(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x))
+
+    # generate() comes from Sampling; the context is cropped to the last max_seq_len tokens, as nanoGPT does
+    def sampling_start(self, prompt: torch.Tensor):
+        return None, self.forward(prompt[:, -self.cfg.max_seq_len:])[:, -1]
+
+    def sampling_step(self, state, so_far: torch.Tensor):
+        return self.sampling_start(so_far)
 
 
 # ------------------------------------------------------------------------------------------ parameter matching

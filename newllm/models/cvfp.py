@@ -29,7 +29,7 @@ from newllm.config.models import ModelConfig
 from newllm.data.sources import hub_reachable
 from newllm.models.common import init_linear
 from newllm.models.embeddings import EmbeddingChoice, load_gpt2_embeddings, resolve_embedding
-from newllm.models.sampling import generate_tokens
+from newllm.models.sampling import Sampling
 
 # ------------------------------------------------------------------------------------------ CVFP layers
 
@@ -184,7 +184,7 @@ class CVFPOutput:
     contexts: list[torch.Tensor]  # per layer [B, T, dim_l]
 
 
-class CVFPModel(nn.Module):
+class CVFPModel(Sampling, nn.Module):
     """ContextBlock + TokenBlock + output head, on (frozen by default) token embeddings followed by a LayerNorm.
 
     ``embedding_weights`` (vocab x embed_dim) are copied into the embedding when given; otherwise the embedding is
@@ -272,28 +272,15 @@ class CVFPModel(nn.Module):
             out = CVFPOutput(out.logits[0], out.context[0], [c[0] for c in out.contexts])
         return out
 
-    @torch.no_grad()
-    def generate(
-        self,
-        ids: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: Optional[int] = None,
-        generator: Optional[torch.Generator] = None,
-    ) -> torch.Tensor:
-        """Continue ids [B, T] (or [T]) by ``max_new_tokens`` sampled tokens; temperature 0 means greedy."""
-        k = self.cfg.num_input_tokens
+    # generate() comes from Sampling: the prompt runs once, then one recurrence step per token
+    def sampling_start(self, prompt: torch.Tensor):
+        out = self.forward(prompt)
+        return out.context, out.logits[:, -1]
 
-        def start(prompt: torch.Tensor):
-            out = self.forward(prompt)
-            return out.context, out.logits[:, -1]
-
-        def step(context: torch.Tensor, so_far: torch.Tensor):
-            x = self.embed_tokens(so_far[:, -k:])[:, -1]
-            per_layer = self.context_block.forward_all(context, x)
-            return per_layer[-1], self.predict(per_layer, x)
-
-        return generate_tokens(ids, max_new_tokens, temperature, top_k, generator, start, step)
+    def sampling_step(self, context: torch.Tensor, so_far: torch.Tensor):
+        x = self.embed_tokens(so_far[:, -self.cfg.num_input_tokens:])[:, -1]
+        per_layer = self.context_block.forward_all(context, x)
+        return per_layer[-1], self.predict(per_layer, x)
 
 
 def build_cvfp_model(

@@ -10,11 +10,11 @@ from torch import nn
 
 from newllm.config.models import GatedLMConfig
 from newllm.models.common import init_linear
-from newllm.models.sampling import generate_tokens
+from newllm.models.sampling import Sampling
 
 # ------------------------------------------------------------------------------------------ gated LM
 
-class GatedContextLM(nn.Module):
+class GatedContextLM(Sampling, nn.Module):
     """The end-to-end gated context-vector LM of the WikiText-2 experiments (seed-spec 2.1)."""
 
     def __init__(self, cfg: GatedLMConfig):
@@ -60,23 +60,11 @@ class GatedContextLM(nn.Module):
         logits = self.output(torch.stack(hiddens, dim=1)) if hiddens else e.new_zeros(batch, 0, self.cfg.vocab_size)
         return logits, c
 
-    @torch.no_grad()
-    def generate(
-        self,
-        ids: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: Optional[int] = None,
-        generator: Optional[torch.Generator] = None,
-    ) -> torch.Tensor:
-        """Re-run the prefix, then step one token at a time (temperature 0 = greedy)."""
+    # generate() comes from Sampling: the prompt runs once, then one step per token from the carried context
+    def sampling_start(self, prompt: torch.Tensor):
+        logits, context = self.forward(prompt)
+        return context, logits[:, -1]
 
-        def start(prompt: torch.Tensor):
-            logits, context = self.forward(prompt)
-            return context, logits[:, -1]
-
-        def step(context: torch.Tensor, so_far: torch.Tensor):
-            logits, context = self.forward(so_far[:, -1:], context)
-            return context, logits[:, -1]
-
-        return generate_tokens(ids, max_new_tokens, temperature, top_k, generator, start, step)
+    def sampling_step(self, context: torch.Tensor, so_far: torch.Tensor):
+        logits, context = self.forward(so_far[:, -1:], context)
+        return context, logits[:, -1]

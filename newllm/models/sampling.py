@@ -22,11 +22,28 @@ def sample_next(
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
+    if generator is not None and generator.device != probs.device:
+        # a seeded CPU generator drives sampling on any device: draw on its device, return on the logits'
+        return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(probs.device)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+class Sampling:
+    """``generate()`` for a model (a mixin for nn.Module subclasses) that defines ``sampling_start(prompt) ->
+    (state, last logits)``, which runs the prompt, and ``sampling_step(state, ids so far) -> (state, next logits)``,
+    which advances one token."""
+
+    @torch.no_grad()
+    def generate(self, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Continue ids [B, T] (or [T]) by ``max_new_tokens`` sampled tokens; temperature 0 is greedy, top_k keeps
+        the k most likely; ``generator`` (on any device) makes the draw reproducible."""
+        return generate_tokens(ids, max_new_tokens, temperature, top_k, generator, self.sampling_start,
+                               self.sampling_step)
+
+
 def generate_tokens(ids, max_new_tokens, temperature, top_k, generator, start, step) -> torch.Tensor:
-    """The sampling loop both models share: ``start(prompt) -> (state, last logits)`` runs the prompt, then
+    """The one sampling loop: ``start(prompt) -> (state, last logits)`` runs the prompt, then
     ``step(state, ids so far) -> (state, next logits)`` advances one token at a time."""
     squeeze = ids.dim() == 1
     if squeeze:
