@@ -22,7 +22,8 @@ import torch
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """``scale`` x summed cross-entropy of ``h @ weight.T + bias`` against ``targets``; also the argmax hit count."""
+    """``scale`` x summed cross-entropy of ``h @ weight.T + bias`` against ``targets``; also the hit count (rows whose
+    target logit is above every other logit: a tie is a miss)."""
 
     @staticmethod
     def forward(ctx, h, weight, bias, targets, chunk_tokens, compute_dtype, scale, grad_enabled):
@@ -44,25 +45,32 @@ class _LinearCrossEntropy(torch.autograd.Function):
             t_c = targets[start:start + chunk_tokens]
             h_t = h_c.t().contiguous()
             logits = (w_mm @ h_t if bias_col is None else torch.addmm(bias_col, w_mm, h_t)).float()  # [V, c]
-            top = logits.amax(dim=0)  # values only: max-with-indices over dim 0 is ~10x slower on CPU
             columns = torch.arange(t_c.shape[0], device=h.device)
-            picked = logits[t_c, columns]
-            correct += (picked >= top).sum()  # the target's logit is the largest (ties count as hits)
+            picked = logits[t_c, columns].clone()
+            # the best other logit: one reduction gives both the softmax shift and an argmax test in which a tie
+            # with another token is a miss (max-with-indices over dim 0 is ~10x slower on CPU)
+            logits[t_c, columns] = float("-inf")
+            others = logits.amax(dim=0)
+            logits[t_c, columns] = picked
+            correct += (picked > others).sum()
+            top = torch.maximum(picked, others)
             probs = logits.sub_(top[None, :]).exp_()  # in place: the logits are not needed any more
             total = probs.sum(dim=0)
             loss += (top + total.log() - picked).sum().double()
             if not any_grad:
                 continue
-            probs.mul_((scale / total)[None, :])
-            probs[t_c, columns] -= scale  # d(scale * sum CE)/d(logits) = scale * (softmax - onehot)
+            # softmax - onehot, unscaled: |g| <= 1 keeps it clear of fp16's underflow (p / tokens is not); the
+            # step's scale is applied in fp32 after each matmul
+            probs.div_(total[None, :])
+            probs[t_c, columns] -= 1.0
             g = probs.to(mm_dtype)
             if need_h:
-                grad_h[start:start + chunk_tokens] = (g.t() @ w_mm).to(h.dtype)
+                grad_h[start:start + chunk_tokens] = (g.t() @ w_mm).float().mul_(scale).to(h.dtype)
             if need_w:
-                part = g @ h_c  # [V, d]
-                grad_w = part.float() if grad_w is None else grad_w.add_(part)
+                part = (g @ h_c).float()  # [V, d]
+                grad_w = part.mul_(scale) if grad_w is None else grad_w.add_(part, alpha=scale)
             if need_b:
-                grad_b += probs.sum(dim=1)
+                grad_b += probs.sum(dim=1).mul_(scale)
         if need_w and grad_w is None:  # no rows
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         ctx.save_for_backward(*(t for t in (grad_h, grad_w, grad_b) if t is not None))
@@ -96,8 +104,11 @@ def linear_cross_entropy(
     """``scale`` x the summed next-token cross-entropy of the output layer, ``chunk_tokens`` rows at a time.
 
     h [N, d], weight [V, d], bias [V] or None, targets [N] int64. Returns (a float32 scalar that backpropagates
-    into h, weight and bias; the number of rows whose argmax equals the target). ``compute_dtype`` (e.g.
-    torch.bfloat16 on a GPU) is the matmul precision; softmax and sums are always fp32. For a mean over an
+    into h, weight and bias; the number of rows whose target logit is strictly above every other logit: argmax with
+    ties counted as misses, so a constant head scores 0). ``compute_dtype`` (torch.bfloat16 or torch.float16 on a
+    GPU) is the matmul precision; softmax, sums and the ``scale`` are always fp32, and the gradient of the logits
+    enters the low-precision matmuls unscaled (|softmax - onehot| <= 1), so fp16 keeps every probability above
+    ~6e-8 (fp16's smallest subnormal) instead of flushing p * scale to zero. For a mean over an
     optimizer step of n tokens, pass ``scale=1/n`` and call ``.backward()`` on the result.
     """
     if h.dim() != 2 or targets.dim() != 1 or h.shape[0] != targets.shape[0]:
