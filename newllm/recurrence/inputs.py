@@ -122,7 +122,9 @@ def as_token_inputs(block: ContextBlock, x, context: Optional[torch.Tensor]) -> 
     return inputs, context
 
 
-def empty_result(block: ContextBlock, inputs: TokenInputs, store: Sequence[int], method: str, lengths) -> RecurrenceResult:
+def empty_result(
+    block: ContextBlock, inputs: TokenInputs, store: Sequence[int], method: str, lengths
+) -> RecurrenceResult:
     contexts = [torch.zeros(inputs.batch, 0, block.dims[layer], dtype=inputs.dtype, device=inputs.device)
                 for layer in store]
     return RecurrenceResult(contexts, method, 0, 0.0, lengths)
