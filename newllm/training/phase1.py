@@ -38,6 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from newllm.config.training import Phase1Config
+from newllm.data.corpus import CorpusSplit
 from newllm.data.streams import StreamsInput, TokenStreams, make_streams
 from newllm.evaluation.context_metrics import ContextMetrics, context_metrics, convergence_rate, effective_rank
 from newllm.models.cvfp import ContextBlock, CVFPModel
@@ -162,7 +163,7 @@ def accumulate_phase1_gradients(
 # ------------------------------------------------------------------------------------------ token streams
 
 def prepare_streams(
-    model: CVFPModel, ids_or_streams: Union[TokenStreams, StreamsInput], streams: str = "concat"
+    model: CVFPModel, ids_or_streams: Union[CorpusSplit, TokenStreams, StreamsInput], streams: str = "concat"
 ) -> EmbeddedStreams:
     """Token inputs for Phase 1: "concat" joins all samples into one stream (as the original); "per_sample" keeps
     each sample a stream of its own, starting from a zero context (the k-token input window restarts too).
@@ -234,16 +235,17 @@ def _non_finite_error(iteration: int, what: str, stats: Optional[StepStats], cfg
 
 def train_phase1(
     model: CVFPModel,
-    ids_or_streams: StreamsInput,
+    ids_or_streams: Union[CorpusSplit, TokenStreams, StreamsInput],
     cfg: Phase1Config = Phase1Config(),
-    val_ids: Optional[StreamsInput] = None,
+    val_ids: Optional[Union[CorpusSplit, TokenStreams, StreamsInput]] = None,
     progress: bool = True,
     callback: Optional[Callable[[dict], None]] = None,
 ) -> Phase1Result:
     """Train the model's ContextBlock with Phase 1 (see the module docstring); returns history, contexts, metrics.
 
-    ``ids_or_streams``: one stream of token ids (1-D tensor / array / list) or a list of samples (with
-    ``cfg.streams="per_sample"`` each is its own stream; with "concat" they are joined). ``val_ids`` likewise;
+    ``ids_or_streams``: a corpus split, one stream of token ids (1-D tensor / array / list) or a list of samples
+    (with ``cfg.streams="per_sample"`` each sample or document is its own stream; with "concat" they are joined;
+    see :func:`newllm.data.streams.make_streams`), or ready :class:`TokenStreams`. ``val_ids`` likewise;
     validation contexts always come from the exact recurrence under the final weights. ``callback(row)`` receives
     each history row as it is recorded.
     """
