@@ -33,8 +33,7 @@ from newllm.config.models import ModelConfig
 from newllm.config.training import Phase1Config  # noqa: E402
 from newllm.evaluation.context_metrics import effective_rank  # noqa: E402
 from newllm.models.cvfp import CVFPModel  # noqa: E402
-from newllm.recurrence.evaluate import evaluate_contexts
-from newllm.recurrence.solvers import forgetting_tokens, parallel_sweeps  # noqa: E402
+from newllm.recurrence import evaluate_contexts, forgetting_tokens, parallel_sweeps  # noqa: E402
 from newllm.training.phase1 import train_phase1  # noqa: E402
 from newllm.utils.io import atomic_write_json  # noqa: E402
 from newllm.utils.runtime import seed_everything  # noqa: E402

@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 from newllm.config.models import ModelConfig
 from newllm.config.training import Phase2Config  # noqa: E402
 from newllm.models.cvfp import CVFPModel  # noqa: E402
-from newllm.training.context_cache import token_inputs  # noqa: E402
+from newllm.recurrence import token_inputs  # noqa: E402
 from newllm.training.phase2 import make_adam, optimizer_step, token_loss, train_phase2  # noqa: E402
 from newllm.training.planner import phase2_trainable_parameters  # noqa: E402
 from newllm.utils.io import atomic_write_json  # noqa: E402

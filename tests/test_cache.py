@@ -6,8 +6,9 @@ import torch
 
 from newllm.config.models import ModelConfig
 from newllm.models.cvfp import CVFPModel
-from newllm.recurrence.solvers import token_loop
-from newllm.training.context_cache import ContextCache, build_context_cache, make_streams, token_inputs
+from newllm.data.streams import make_streams
+from newllm.recurrence import token_inputs, token_loop
+from newllm.training.context_cache import ContextCache, build_context_cache
 
 # max-abs tolerance per cache dtype: the recurrence's own tolerance plus the dtype's rounding of values up to ~5
 TOLERANCE = {"float32": 1e-4, "float16": 5 * 2**-11 + 1e-4, "bfloat16": 5 * 2**-8 + 1e-4}

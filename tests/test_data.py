@@ -15,7 +15,7 @@ from newllm.data import corpus as data
 from newllm.data import sources
 from newllm.data import tokenizers as tk
 from newllm.data.builtin_corpus import BuiltinGrammar
-from newllm.data.corpus import TokenStream, load_corpus
+from newllm.data.corpus import CorpusSplit, load_corpus
 from newllm.data.token_cache import META
 
 GPT2_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2-tokenizer"
@@ -214,8 +214,8 @@ def test_model_vocabulary_mismatch_is_reported(tmp_path):
 
 def test_token_stream_validates_its_offsets():
     with pytest.raises(ValueError, match="doc_offsets"):
-        TokenStream(np.arange(5), np.array([0, 3], dtype=np.int64), 10)
-    stream = TokenStream(np.arange(5), np.array([0, 3, 5], dtype=np.int64), 10)
+        CorpusSplit(np.arange(5), np.array([0, 3], dtype=np.int64), 10)
+    stream = CorpusSplit(np.arange(5), np.array([0, 3, 5], dtype=np.int64), 10)
     assert [d.tolist() for d in stream.documents()] == [[0, 1, 2], [3, 4]] and stream.optimum_nll() is None
 
 

@@ -10,11 +10,12 @@ import torch
 
 from newllm.config.models import ModelConfig
 from newllm.config.training import Phase1Config
-from newllm.data.token_ids import split_streams
+from newllm.data.streams import split_streams
 from newllm.experiments.phase1_grid import phase1_grid
 from newllm.models.cvfp import CVFPModel
-from newllm.recurrence.evaluate import evaluate_contexts
+from newllm.recurrence import evaluate_contexts, forgetting_tokens
 from newllm.training.phase1 import (
+    FORGETTING_PROBE_TOKENS,
     accumulate_phase1_gradients,
     diversity_term,
     phase1_loss,
@@ -331,3 +332,12 @@ def test_grid_records_the_iterations_actually_run():
                                   "train_er_pct", "val_er_pct", "converged_ratio", "stopped_early"}
     assert (table["iterations_run"] <= table["max_iterations"]).all()
     assert table["val_er_pct"].between(0, 100).all()
+
+
+def test_phase1_reports_the_trained_maps_forgetting_length():
+    model = make_model()
+    ids = token_ids(400)
+    result = train_phase1(model, ids, cfg(max_iterations=2, min_iterations=2), progress=False)
+    x = model.embed_tokens(ids[:FORGETTING_PROBE_TOKENS]).detach()
+    assert result.forgetting_tokens == forgetting_tokens(model.context_block, x, cfg().tol, seed=cfg().seed)
+    assert result.forgetting_tokens is None or 1 <= result.forgetting_tokens <= FORGETTING_PROBE_TOKENS

@@ -11,7 +11,8 @@ from newllm.config.models import ModelConfig
 from newllm.config.training import Phase2Config
 from newllm.models.cvfp import CVFPModel
 from newllm.training.chunked_ce import linear_cross_entropy
-from newllm.training.context_cache import build_context_cache, make_streams
+from newllm.data.streams import make_streams
+from newllm.training.context_cache import build_context_cache
 from newllm.training.phase2 import OOMBackoff, Phase2MemoryError, evaluate, previous_checkpoint_path, train_phase2
 from newllm.training.planner import MemoryBudget
 from newllm.utils.checkpoint import CheckpointError, read_checkpoint

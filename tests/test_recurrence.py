@@ -8,9 +8,18 @@ import torch
 from newllm.config.models import ModelConfig
 from newllm.config.training import Phase1Config
 from newllm.models.cvfp import ContextBlock, CVFPModel
-from newllm.recurrence.evaluate import evaluate_contexts, evaluate_streams
-from newllm.recurrence.inputs import RecurrenceResult, TokenInputs, pad_streams
-from newllm.recurrence.solvers import auto_segment_len, forgetting_tokens, parallel_sweeps, segment_contexts, token_loop
+from newllm.recurrence import (
+    RecurrenceResult,
+    TokenInputs,
+    auto_segment_len,
+    evaluate_contexts,
+    evaluate_streams,
+    forgetting_tokens,
+    pad_streams,
+    parallel_sweeps,
+    segment_contexts,
+    token_loop,
+)
 from newllm.training.phase1 import train_phase1
 
 TOL = 1e-5

@@ -6,7 +6,7 @@ trained BPE when no GPT-2 files are available, and the word tokenizer over the g
 built-in corpus), load the training and validation documents (``sources``), then tokenize once and cache
 (``token_cache``): later calls memory-map the stored arrays.
 
-A ``TokenStream`` is one split: all its documents' ids concatenated (each wrapped in the tokenizer's BOS/EOS, see
+A ``CorpusSplit`` is one split: all its documents' ids concatenated (each wrapped in the tokenizer's BOS/EOS, see
 ``Tokenizer.wrap_document``), ``doc_offsets`` marking where each document starts, the UTF-8 byte count of the
 documents' text (for bits per byte) and, for the built-in corpus under the word tokenizer, the exact
 log-probability of every token given everything before it. Its ``optimum_nll`` is then the best cross-entropy any
@@ -57,7 +57,7 @@ _ENCODE_CHUNK = 256  # documents per tokenizer call (batching, and the progress 
 
 
 @dataclass(frozen=True)
-class TokenStream:
+class CorpusSplit:
     """One split as a single stream of token ids with document boundaries."""
 
     ids: np.ndarray  # 1-D integer ids (uint16 or int32; a read-only memory map when loaded from the cache)
@@ -67,7 +67,7 @@ class TokenStream:
 
     def __post_init__(self) -> None:
         if self.ids.ndim != 1 or self.doc_offsets.ndim != 1 or len(self.doc_offsets) < 1:
-            raise ValueError("TokenStream needs 1-D ids and 1-D doc_offsets with at least one entry")
+            raise ValueError("CorpusSplit needs 1-D ids and 1-D doc_offsets with at least one entry")
         if int(self.doc_offsets[0]) != 0 or int(self.doc_offsets[-1]) != len(self.ids):
             raise ValueError(f"doc_offsets must run from 0 to len(ids)={len(self.ids)}")
         if self.logprobs is not None and self.logprobs.shape != self.ids.shape:
@@ -97,8 +97,8 @@ class TokenStream:
 class Corpus:
     """Training and validation streams, the tokenizer that made them, and a summary (``info``)."""
 
-    train: TokenStream
-    val: TokenStream
+    train: CorpusSplit
+    val: CorpusSplit
     tokenizer: Tokenizer
     info: dict[str, Any]
 
@@ -158,8 +158,8 @@ def load_corpus(
     assert tokenizer is not None
 
     extra = entry.meta
-    train = _stream(entry.arrays, "train", extra["train_bytes"])
-    val = _stream(entry.arrays, "val", extra["val_bytes"])
+    train = _split(entry.arrays, "train", extra["train_bytes"])
+    val = _split(entry.arrays, "val", extra["val_bytes"])
     check_token_ids(train.ids, tokenizer.vocab_size, f"cached training ids in {folder}")
     check_token_ids(val.ids, tokenizer.vocab_size, f"cached validation ids in {folder}")
     info = {
@@ -305,8 +305,8 @@ def _token_logprobs(encoded: list[list[int]], logprobs: Optional[list[np.ndarray
     return np.concatenate([np.concatenate([[0.0], lp]) for lp in logprobs]).astype(np.float64)
 
 
-def _stream(arrays: dict[str, np.ndarray], split: str, n_bytes: int) -> TokenStream:
-    return TokenStream(arrays[f"{split}_ids"], arrays[f"{split}_offsets"], int(n_bytes), arrays.get(f"{split}_logprobs"))
+def _split(arrays: dict[str, np.ndarray], split: str, n_bytes: int) -> CorpusSplit:
+    return CorpusSplit(arrays[f"{split}_ids"], arrays[f"{split}_offsets"], int(n_bytes), arrays.get(f"{split}_logprobs"))
 
 
 def _exp_or_none(nll: Optional[float]) -> Optional[float]:

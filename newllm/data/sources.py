@@ -8,7 +8,7 @@ overlaps training and does not depend on N:
 - "ultrachat" (``HuggingFaceH4/ultrachat_200k``, ``train_sft``, one split): its LAST ``val_samples``
   conversations; training documents come from the front and may never reach them.
 - a local file or folder: the same rule (the last ``val_samples`` documents are held out), except that a folder
-  holding ``train.txt`` and ``valid.txt`` (or ``validation.txt``) uses those as the two splits. Other folders:
+  holding the two splits of WikiText-2 (``train.txt`` and ``valid.txt``, see ``SPLIT_FILE_NAMES``) uses them. Other folders:
   every ``*.txt`` below it, in sorted path order. Files are read as UTF-8 directly (no ``datasets`` cache).
   A document = a block of consecutive non-blank lines (blocks are separated by blank lines), line ends
   stripped. In WikiText every paragraph (and heading) is one line between blank lines, so a document is a
@@ -112,6 +112,61 @@ def _why_offline() -> str:
     return f"no connection to {HUB_HOST}:443"
 
 
+# ------------------------------------------------------------------------------------------- WikiText-2
+
+WIKITEXT2_HUB = ("wikitext", "wikitext-2-raw-v1")
+# file names of the two splits in a local folder: PyTorch examples' names, then Salesforce's raw and tokenised ones
+SPLIT_FILE_NAMES = {
+    "train": ("train.txt", "wiki.train.raw", "wiki.train.tokens"),
+    "valid": ("valid.txt", "validation.txt", "wiki.valid.raw", "wiki.valid.tokens"),
+}
+
+
+@dataclass(frozen=True)
+class TextSplits:
+    """The raw lines of the training and validation splits, and where they came from."""
+
+    train: list[str]
+    valid: list[str]
+    source: str
+
+
+def wikitext2_local_dir() -> Optional[Path]:
+    """``<repo>/../shared/data/wikitext-2`` when it exists (this project's CI has it; Colab does not)."""
+    path = Path(__file__).resolve().parents[3] / "shared" / "data" / "wikitext-2"
+    return path if path.is_dir() else None
+
+
+def split_files(folder: Path) -> dict[str, Optional[Path]]:
+    """The files holding a folder's "train" and "valid" splits (None where none of SPLIT_FILE_NAMES is there)."""
+    return {split: next((folder / n for n in names if (folder / n).is_file()), None)
+            for split, names in SPLIT_FILE_NAMES.items()}
+
+
+def read_wikitext2_local(folder: Path) -> TextSplits:
+    """Lines of the two split files in ``folder``."""
+    found = split_files(folder)
+    for split, path in found.items():
+        if path is None:
+            names = list(SPLIT_FILE_NAMES[split])
+            raise ValueError(f"{str(folder)!r} has no {split} split: expected one of {names} in it")
+    train_text = found["train"].read_text(encoding="utf-8")
+    valid_text = found["valid"].read_text(encoding="utf-8")
+    # the tokenised (v1) variant replaced rare words by <unk>; the raw variant the original used did not
+    kind = "tokenised variant, <unk> in the text" if "<unk>" in train_text else "no <unk>: raw variant"
+    return TextSplits(train_text.splitlines(), valid_text.splitlines(),
+                      f"local files {found['train']} + {found['valid'].name} ({kind})")
+
+
+def read_wikitext2_hub() -> TextSplits:
+    """Lines of ``datasets.load_dataset("wikitext", "wikitext-2-raw-v1")``; its errors are the caller's to word."""
+    import datasets
+
+    dataset = datasets.load_dataset(*WIKITEXT2_HUB)
+    return TextSplits(list(dataset["train"]["text"]), list(dataset["validation"]["text"]),
+                      f"Hugging Face datasets {WIKITEXT2_HUB[0]}/{WIKITEXT2_HUB[1]}")
+
+
 # ------------------------------------------------------------------------------------------- documents
 
 @dataclass(frozen=True)
@@ -192,15 +247,15 @@ def _local(resolved: ResolvedDataset, samples: int, val_samples: int) -> SourceD
     path = resolved.path
     assert path is not None
     if path.is_dir():
-        valid = next((path / n for n in ("valid.txt", "validation.txt") if (path / n).is_file()), None)
-        if (path / "train.txt").is_file() and valid is not None:
-            train_all, val_all = _read_documents(path / "train.txt"), _read_documents(valid)
+        found = split_files(path)
+        if found["train"] is not None and found["valid"] is not None:
+            train_all, val_all = _read_documents(found["train"]), _read_documents(found["valid"])
             if len(val_all) < val_samples:
                 raise ValueError(
-                    f"{str(valid)!r} has only {len(val_all)} documents but val_samples={val_samples}; "
+                    f"{str(found['valid'])!r} has only {len(val_all)} documents but val_samples={val_samples}; "
                     "lower val_samples or add text"
                 )
-            _check_count(resolved.name, samples, len(train_all), f" in {str(path / 'train.txt')!r}")
+            _check_count(resolved.name, samples, len(train_all), f" in {str(found['train'])!r}")
             return SourceDocuments(resolved.name, train_all[:samples], val_all[:val_samples], len(train_all))
         files = sorted(f for f in path.rglob("*.txt") if f.is_file())
         if not files:
@@ -233,9 +288,8 @@ def _hub(name: str, samples: int, val_samples: int, reachable: Callable[[], bool
 
     try:
         if name == "wikitext2":
-            splits = datasets.load_dataset("wikitext", "wikitext-2-raw-v1")
-            train_all = split_documents(splits["train"]["text"])
-            val_all = split_documents(splits["validation"]["text"])
+            splits = read_wikitext2_hub()
+            train_all, val_all = split_documents(splits.train), split_documents(splits.valid)
         else:
             conversations = datasets.load_dataset("HuggingFaceH4/ultrachat_200k", split="train_sft")
     except Exception as exc:  # datasets raises many kinds (connection, not found, offline cache miss)

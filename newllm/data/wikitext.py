@@ -31,12 +31,13 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
 from newllm.config.training import GatedTrainConfig
+from newllm.data.sources import TextSplits, read_wikitext2_hub, read_wikitext2_local, wikitext2_local_dir
 from newllm.data.tokenizers import DEFAULT_WORD_VOCAB, WordTokenizer
 
 PAD_ID = 0  # the word tokenizer's PAD id
@@ -173,57 +174,7 @@ def make_windows(
 
 # ------------------------------------------------------------------------------------------ sources
 
-HUB_DATASET = ("wikitext", "wikitext-2-raw-v1")
 SOURCES = ("auto", "hub", "local", "builtin")
-# file names of the two splits in a local folder: PyTorch examples' names, then Salesforce's raw and tokenised ones
-LOCAL_FILE_NAMES = {
-    "train": ("train.txt", "wiki.train.raw", "wiki.train.tokens"),
-    "valid": ("valid.txt", "wiki.valid.raw", "wiki.valid.tokens"),
-}
-
-
-@dataclass(frozen=True)
-class TextSplits:
-    """The raw lines of the training and validation splits, and where they came from."""
-
-    train: list[str]
-    valid: list[str]
-    source: str
-
-
-def default_local_dir() -> Optional[Path]:
-    """``<repo>/../shared/data/wikitext-2`` when it exists (this project's CI has it; Colab does not)."""
-    path = Path(__file__).resolve().parents[3] / "shared" / "data" / "wikitext-2"
-    return path if path.is_dir() else None
-
-
-def _read_local(folder: Path) -> TextSplits:
-    found = {}
-    for split, names in LOCAL_FILE_NAMES.items():
-        path = next((folder / n for n in names if (folder / n).is_file()), None)
-        if path is None:
-            raise ValueError(f"{str(folder)!r} has no {split} split: expected one of {list(names)} in it")
-        found[split] = path
-    train_text = found["train"].read_text(encoding="utf-8")
-    valid_text = found["valid"].read_text(encoding="utf-8")
-    # the tokenised (v1) variant replaced rare words by <unk>; the raw variant the original used did not
-    kind = "tokenised variant, <unk> in the text" if "<unk>" in train_text else "no <unk>: raw variant"
-    return TextSplits(train_text.splitlines(), valid_text.splitlines(),
-                      f"local files {found['train']} + {found['valid'].name} ({kind})")
-
-
-def _read_hub() -> TextSplits:
-    try:
-        import datasets
-
-        dataset = datasets.load_dataset(*HUB_DATASET)
-        train, valid = list(dataset["train"]["text"]), list(dataset["validation"]["text"])
-    except Exception as exc:  # any hub failure becomes one message saying what to do
-        raise RuntimeError(
-            f"WikiText-2 could not be loaded from the Hugging Face hub ({type(exc).__name__}: {str(exc)[:200]}). "
-            "Offline, pass source=<a folder with train.txt and valid.txt> or source='builtin'."
-        ) from exc
-    return TextSplits(train, valid, f"Hugging Face datasets {HUB_DATASET[0]}/{HUB_DATASET[1]}")
 
 
 def _read_builtin(documents: tuple[int, int], seed: int, progress: bool) -> TextSplits:
@@ -236,13 +187,23 @@ def _read_builtin(documents: tuple[int, int], seed: int, progress: bool) -> Text
                                     "one paragraph each)")
 
 
+def _read_hub() -> TextSplits:
+    try:
+        return read_wikitext2_hub()
+    except Exception as exc:  # any hub failure becomes one message saying what to do
+        raise RuntimeError(
+            f"WikiText-2 could not be loaded from the Hugging Face hub ({type(exc).__name__}: {str(exc)[:200]}). "
+            "Offline, pass source=<a folder with train.txt and valid.txt> or source='builtin'."
+        ) from exc
+
+
 def load_wikitext2_lines(
     source: str = "auto", builtin_documents: tuple[int, int] = (200, 20), seed: int = 42, progress: bool = False
 ) -> TextSplits:
     """Lines of WikiText-2's train and validation splits.
 
     ``source``: "hub" (``datasets.load_dataset("wikitext", "wikitext-2-raw-v1")``, needs the internet), "local"
-    (:func:`default_local_dir`), a path to a folder with train.txt/valid.txt (or wiki.{train,valid}.{raw,tokens}),
+    (:func:`newllm.data.sources.wikitext2_local_dir`), a path to a folder with train.txt/valid.txt (or wiki.{train,valid}.{raw,tokens}),
     "builtin" (the kit's offline synthetic corpus: ``builtin_documents`` = (train, validation) documents from
     ``seed``, one paragraph per document), or "auto": the local folder when present, else the hub, else the built-in
     corpus with a warning. The local copy in this project is the tokenised v1 variant, whose perplexities are not
@@ -253,14 +214,14 @@ def load_wikitext2_lines(
     if source == "hub":
         return _read_hub()
     if source == "local":
-        folder = default_local_dir()
+        folder = wikitext2_local_dir()
         if folder is None:
             raise ValueError("source='local' but no ../shared/data/wikitext-2 folder is beside the repo; pass a path")
-        return _read_local(folder)
+        return read_wikitext2_local(folder)
     if source == "auto":
-        folder = default_local_dir()
+        folder = wikitext2_local_dir()
         if folder is not None:
-            return _read_local(folder)
+            return read_wikitext2_local(folder)
         try:
             return _read_hub()
         except RuntimeError as exc:
@@ -269,7 +230,7 @@ def load_wikitext2_lines(
     folder = Path(source).expanduser()
     if not folder.is_dir():
         raise ValueError(f"source={source!r} is neither one of {SOURCES} nor an existing folder")
-    return _read_local(folder)
+    return read_wikitext2_local(folder)
 
 
 # ------------------------------------------------------------------------------------------ pipeline

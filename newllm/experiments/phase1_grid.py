@@ -10,7 +10,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from newllm.config.training import Phase1Config
-from newllm.data.token_ids import StreamsInput, TokenIds, split_streams  # noqa: F401 (re-exported)
+from newllm.data.streams import StreamsInput
 from newllm.models.cvfp import CVFPModel
 from newllm.training.phase1 import train_phase1
 from newllm.utils.runtime import seed_everything

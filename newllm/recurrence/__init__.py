@@ -25,10 +25,24 @@ Every method starts each stream from a given context and returns every layer's o
 
 Independent streams (per-sample evaluation) are the batch dimension: pad them with :func:`pad_streams` (padding
 goes at the end, so it never affects a stream's own tokens) and pass ``lengths``.
+
+Modules: ``step`` (the lean batched step), ``inputs`` (token inputs, their views of token streams, results),
+``solvers`` (the three methods and the entry points).
 """
 
-from newllm.recurrence.evaluate import evaluate_contexts, evaluate_streams
-from newllm.recurrence.inputs import DEFAULT_BURN_IN, METHODS, RecurrenceResult, TokenInputs, pad_streams, valid_mask
-from newllm.recurrence.solvers import auto_segment_len, forgetting_tokens, parallel_sweeps, segment_contexts, token_loop
-
-__all__ = ['evaluate_contexts', 'evaluate_streams', 'METHODS', 'DEFAULT_BURN_IN', 'RecurrenceResult', 'TokenInputs', 'pad_streams', 'valid_mask', 'token_loop', 'parallel_sweeps', 'segment_contexts', 'auto_segment_len', 'forgetting_tokens']
+from newllm.data.streams import valid_mask
+from newllm.recurrence.inputs import EmbeddedStreams, RecurrenceResult, TokenInputs, pad_streams, token_inputs
+from newllm.recurrence.solvers import (
+    DEFAULT_BURN_IN,
+    METHODS,
+    auto_segment_len,
+    evaluate_contexts,
+    evaluate_streams,
+    forgetting_tokens,
+    parallel_sweeps,
+    segment_contexts,
+    token_loop,
+)
+__all__ = ['evaluate_contexts', 'evaluate_streams', 'METHODS', 'DEFAULT_BURN_IN', 'RecurrenceResult', 'TokenInputs',
+           'EmbeddedStreams', 'token_inputs', 'pad_streams', 'valid_mask', 'token_loop', 'parallel_sweeps',
+           'segment_contexts', 'auto_segment_len', 'forgetting_tokens']

@@ -1,4 +1,12 @@
-"""Token inputs and the lean batched step the recurrence solvers share."""
+"""What the recurrence reads and returns: token inputs (views of token streams) and results.
+
+- :class:`TokenInputs`: per-layer token projections of B padded streams, as the solvers read them.
+- :class:`EmbeddedStreams`: a :class:`~newllm.data.streams.TokenStreams`' token inputs, flat in stream order and
+  each distinct input once (Phase 1 steps on these rows; :meth:`EmbeddedStreams.token_inputs` gives the padded
+  view the solvers take).
+- :func:`token_inputs`: the token inputs of id windows (the context cache and Phase 2 embed batches this way).
+- :class:`RecurrenceResult`: every layer's contexts per token, and how they were obtained.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +16,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from newllm.models.cvfp import ContextBlock
-
-METHODS = ("auto", "loop", "sweeps", "segments")
-DEFAULT_BURN_IN = 32
-_STEP_TO_ROW_COST = {"cpu": 20.0, "cuda": 2000.0}  # a/c above: per-step fixed cost in units of one row's cost
-_DEFAULT_MAX_ROWS = {"cpu": 128, "cuda": 1024}  # rows per batched step (bounds memory per window group)
+from newllm.data.streams import TokenStreams, valid_mask
+from newllm.models.cvfp import ContextBlock, CVFPModel
 
 
 @dataclass
@@ -39,11 +43,6 @@ class RecurrenceResult:
         return out[valid_mask(self.lengths, out.shape[1])]
 
 
-def valid_mask(lengths: torch.Tensor, steps: int) -> torch.Tensor:
-    """[B, steps] bool: True where position < the stream's length."""
-    return torch.arange(steps, device=lengths.device)[None, :] < lengths[:, None]
-
-
 def pad_streams(xs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack per-stream token inputs [T_i, d] into a zero-padded [B, T_max, d] batch and their lengths [B]."""
     if len(xs) == 0:
@@ -57,102 +56,7 @@ def pad_streams(xs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]
     return batch, lengths
 
 
-# ------------------------------------------------------------------------------------------ the lean step
-
-@dataclass(frozen=True)
-class _LayerPlan:
-    """One ContextLayer's weights laid out for repeated no-grad steps."""
-
-    w_ctx_t: torch.Tensor  # context share of the input projection, transposed and contiguous: [in, out]
-    residual_weight: Optional[torch.Tensor]  # None: identity residual
-    residual_bias: Optional[torch.Tensor]
-    norm_shape: tuple[int, ...]
-    norm_weight: Optional[torch.Tensor]
-    norm_bias: Optional[torch.Tensor]
-    eps: float
-
-
-def _plan(block: ContextBlock) -> list[_LayerPlan]:
-    plans = []
-    for layer in block.layers:
-        weight = layer.linear.weight.detach()
-        residual = layer.residual if isinstance(layer.residual, torch.nn.Linear) else None
-        plans.append(
-            _LayerPlan(
-                w_ctx_t=weight[:, : layer.in_dim].t().contiguous(),
-                residual_weight=None if residual is None else residual.weight.detach(),
-                residual_bias=None if residual is None or residual.bias is None else residual.bias.detach(),
-                norm_shape=tuple(layer.norm.normalized_shape),
-                norm_weight=None if layer.norm.weight is None else layer.norm.weight.detach(),
-                norm_bias=None if layer.norm.bias is None else layer.norm.bias.detach(),
-                eps=layer.norm.eps,
-            )
-        )
-    return plans
-
-
-def _layer_step(plan: _LayerPlan, c: torch.Tensor, token_proj: torch.Tensor) -> torch.Tensor:
-    """LN( R(c) + ReLU(W_c c + token_proj) ) for rows c [R, in] (no autograd)."""
-    pre = torch.addmm(token_proj, c, plan.w_ctx_t)
-    pre.relu_()
-    if plan.residual_weight is None:
-        pre.add_(c)
-    else:
-        pre.add_(F.linear(c, plan.residual_weight, plan.residual_bias))
-    return F.layer_norm(pre, plan.norm_shape, plan.norm_weight, plan.norm_bias, plan.eps)
-
-
-class _WindowSteps:
-    """Token projections at one step of ``count`` windows spaced ``seg`` apart in proj [B, len, out]: [B*count, out].
-
-    Window k's step r is position k*seg + r, so each step is a strided view (a copy only when B > 1): the
-    projections of overlapping windows are computed once, not once per window.
-    """
-
-    def __init__(self, proj: torch.Tensor, seg: int, count: int):
-        self.proj, self.seg, self.count = proj, seg, count
-
-    def __getitem__(self, step: int) -> torch.Tensor:
-        view = self.proj[:, step : step + (self.count - 1) * self.seg + 1 : self.seg]
-        return view[0] if view.shape[0] == 1 else view.reshape(-1, view.shape[-1])
-
-
-def _run_rows(
-    plans: Sequence[_LayerPlan],
-    projections: Sequence,
-    state: torch.Tensor,
-    store: Sequence[int],
-    steps: Optional[int] = None,
-    capture_step: Optional[int] = None,
-) -> tuple[dict[int, torch.Tensor], Optional[torch.Tensor]]:
-    """Token loops over R independent rows at once (no autograd).
-
-    projections[l] is [R, W, out_l], a _WindowSteps, or a bias [out_l] (a layer without token input); state is
-    [R, ctx_dim]. Returns the outputs [R, W, out_l] of the layers in ``store`` and the carried state after step
-    ``capture_step`` (-1: the initial state).
-    """
-    if steps is None:
-        steps = next(p.shape[1] for p in projections if isinstance(p, torch.Tensor) and p.dim() == 3)
-    rows = state.shape[0]
-    outputs = {layer: state.new_empty(rows, steps, plans[layer].w_ctx_t.shape[1]) for layer in store}
-    out_steps = {layer: out.unbind(1) for layer, out in outputs.items()}
-    proj_steps = [
-        p if isinstance(p, _WindowSteps) else (p.unbind(1) if p.dim() == 3 else None) for p in projections
-    ]
-    captured = state if capture_step == -1 else None
-    c = state
-    for step in range(steps):
-        for layer, plan in enumerate(plans):
-            views = proj_steps[layer]
-            c = _layer_step(plan, c, projections[layer] if views is None else views[step])
-            if layer in out_steps:
-                out_steps[layer][step].copy_(c)
-        if step == capture_step:
-            captured = c
-    return outputs, captured
-
-
-def _stored_layers(block: ContextBlock, all_layers: bool) -> list[int]:
+def stored_layers(block: ContextBlock, all_layers: bool) -> list[int]:
     return list(range(block.num_layers)) if all_layers else [block.num_layers - 1]
 
 
@@ -207,7 +111,7 @@ class TokenInputs:
         return [p[index] if p.dim() == 2 else p for p in self._row_projections]
 
 
-def _as_inputs(block: ContextBlock, x, context: Optional[torch.Tensor]) -> tuple[TokenInputs, torch.Tensor]:
+def as_token_inputs(block: ContextBlock, x, context: Optional[torch.Tensor]) -> tuple[TokenInputs, torch.Tensor]:
     inputs = x if isinstance(x, TokenInputs) else TokenInputs(block, x)
     if context is None:
         context = torch.zeros(inputs.batch, block.ctx_dim, dtype=inputs.dtype, device=inputs.device)
@@ -218,7 +122,83 @@ def _as_inputs(block: ContextBlock, x, context: Optional[torch.Tensor]) -> tuple
     return inputs, context
 
 
-def _empty(block: ContextBlock, inputs: TokenInputs, store: Sequence[int], method: str, lengths) -> RecurrenceResult:
+def empty_result(
+    block: ContextBlock, inputs: TokenInputs, store: Sequence[int], method: str, lengths
+) -> RecurrenceResult:
     contexts = [torch.zeros(inputs.batch, 0, block.dims[layer], dtype=inputs.dtype, device=inputs.device)
                 for layer in store]
     return RecurrenceResult(contexts, method, 0, 0.0, lengths)
+
+
+def token_inputs(model: CVFPModel, window_ids: torch.Tensor) -> torch.Tensor:
+    """Token inputs x [B, k * embed_dim] from window ids [B, k] (-1: before the stream start, zeros).
+
+    Equals ``model.embed_tokens`` of the whole stream at those positions.
+    """
+    valid = window_ids >= 0
+    e = model.embed_norm(model.embedding(window_ids.clamp(min=0)))
+    if not bool(valid.all()):
+        e = e * valid[..., None].to(e.dtype)
+    return e.reshape(*window_ids.shape[:-1], -1)
+
+
+@dataclass(frozen=True)
+class EmbeddedStreams:
+    """The token inputs of some :class:`TokenStreams`: flat [N, token_dim], and each distinct input once."""
+
+    streams: TokenStreams
+    x: torch.Tensor  # [N, token_dim], streams concatenated
+    distinct: torch.Tensor  # [U, token_dim]: each distinct token input once
+    token_index: torch.Tensor  # [N]: x[i] == distinct[token_index[i]]
+
+    @classmethod
+    def of(cls, model: CVFPModel, streams: TokenStreams) -> "EmbeddedStreams":
+        """Embed every stream (from its own start) on the model's device, without gradients."""
+        device = model.embedding.weight.device
+        with torch.no_grad():
+            parts = [model.embed_tokens(ids.to(device)) for ids in torch.split(streams.inputs, streams.lengths)]
+        x = parts[0] if len(parts) == 1 else torch.cat(parts)
+        # a token's input is a function of its last k ids (-1 before its stream's start): group rows by them
+        keys = streams.windows(torch.arange(streams.n_tokens), model.cfg.num_input_tokens).to(device)
+        _, token_index = torch.unique(keys, dim=0, return_inverse=True)
+        distinct = x.new_empty(int(token_index.max()) + 1, x.shape[-1])
+        distinct[token_index] = x  # equal keys carry identical rows, so any writer wins
+        return cls(streams, x, distinct, token_index)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def lengths(self) -> list[int]:
+        return self.streams.lengths
+
+    def shift(self, contexts: torch.Tensor) -> torch.Tensor:
+        """Incoming contexts: row i gets row i-1 of its own stream; each stream's first token gets zeros."""
+        incoming = torch.roll(contexts, shifts=1, dims=0)
+        incoming[self.streams.starts.to(contexts.device)] = 0.0
+        return incoming
+
+    def padded_lengths(self) -> torch.Tensor:
+        return torch.tensor(self.lengths, device=self.x.device)
+
+    def token_inputs(self, block: ContextBlock) -> TokenInputs:
+        """The streams as the recurrence reads them: a padded batch [B, T_max] whose projections are computed once
+        per distinct input (index U, one past the last row, is a zero input past each stream's end)."""
+        mask = self._mask()
+        index = torch.full(mask.shape, self.distinct.shape[0], dtype=torch.long, device=self.x.device)
+        index[mask] = self.token_index
+        return TokenInputs(block, self.distinct, index)
+
+    def to_padded(self, flat: torch.Tensor) -> torch.Tensor:
+        """Flat rows [N, d] -> [B, T_max, d], zeros past each stream's end."""
+        mask = self._mask()
+        out = flat.new_zeros(*mask.shape, flat.shape[-1])
+        out[mask] = flat
+        return out
+
+    def to_flat(self, padded: torch.Tensor) -> torch.Tensor:
+        return padded[self._mask()]
+
+    def _mask(self) -> torch.Tensor:
+        return self.streams.padded_mask().to(self.x.device)

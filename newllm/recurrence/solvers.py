@@ -1,4 +1,5 @@
-"""The recurrence solvers: (a) the token loop, (b) parallel sweeps, (c) burn-in segments."""
+"""The recurrence solvers: (a) the token loop, (b) parallel sweeps, (c) burn-in segments, and the entry points
+(:func:`evaluate_contexts`, :func:`evaluate_streams`) that pick one."""
 
 from __future__ import annotations
 
@@ -11,21 +12,21 @@ import torch.nn.functional as F
 
 from newllm.models.cvfp import ContextBlock
 from newllm.recurrence.inputs import (
-    _DEFAULT_MAX_ROWS,
-    _STEP_TO_ROW_COST,
-    DEFAULT_BURN_IN,
     RecurrenceResult,
     TokenInputs,
-    _as_inputs,
-    _empty,
-    _layer_step,
-    _LayerPlan,
-    _plan,
-    _run_rows,
-    _stored_layers,
-    _WindowSteps,
+    as_token_inputs,
+    empty_result,
+    pad_streams,
+    stored_layers,
     valid_mask,
 )
+from newllm.recurrence.step import LayerPlan, WindowSteps, layer_step, plan_layers, run_rows
+
+METHODS = ("auto", "loop", "sweeps", "segments")
+DEFAULT_BURN_IN = 32
+_STEP_TO_ROW_COST = {"cpu": 20.0, "cuda": 2000.0}  # a/c (see the package docstring): per-step cost in rows
+_DEFAULT_MAX_ROWS = {"cpu": 128, "cuda": 1024}  # rows per batched step (bounds memory per window group)
+
 
 # ------------------------------------------------------------------------------------------ (a) the loop
 
@@ -36,7 +37,7 @@ def token_loop(block: ContextBlock, x: torch.Tensor, context: torch.Tensor) -> l
     carried into token i+1. Gradients flow when called under autograd (full BPTT); without autograd (no_grad /
     inference_mode, or nothing requires grad) it takes the lean path.
     """
-    inputs, context = _as_inputs(block, x, context)
+    inputs, context = as_token_inputs(block, x, context)
     needs_graph = torch.is_grad_enabled() and (
         x.requires_grad or context.requires_grad or any(p.requires_grad for p in block.parameters())
     )
@@ -46,10 +47,10 @@ def token_loop(block: ContextBlock, x: torch.Tensor, context: torch.Tensor) -> l
 
 
 def _loop_result(block: ContextBlock, inputs: TokenInputs, context: torch.Tensor, all_layers: bool) -> RecurrenceResult:
-    store = _stored_layers(block, all_layers)
+    store = stored_layers(block, all_layers)
     if inputs.steps == 0:
-        return _empty(block, inputs, store, "loop", None)
-    outputs, _ = _run_rows(_plan(block), inputs.span(), context, store)
+        return empty_result(block, inputs, store, "loop", None)
+    outputs, _ = run_rows(plan_layers(block), inputs.span(), context, store)
     return RecurrenceResult([outputs[layer] for layer in store], "loop", 0, 0.0)
 
 
@@ -89,13 +90,13 @@ def parallel_sweeps(
         raise ValueError(f"tol={tol} must be > 0")
     if max_sweeps is not None and max_sweeps < 1:
         raise ValueError(f"max_sweeps={max_sweeps} must be >= 1 or None")
-    inputs, context = _as_inputs(block, x, context)
+    inputs, context = as_token_inputs(block, x, context)
     batch, steps = inputs.batch, inputs.steps
-    store = _stored_layers(block, all_layers)
+    store = stored_layers(block, all_layers)
     if steps == 0:
-        return _empty(block, inputs, store, "sweeps", lengths)
+        return empty_result(block, inputs, store, "sweeps", lengths)
     limit = steps if max_sweeps is None else min(max_sweeps, steps)
-    plans = _plan(block)
+    plans = plan_layers(block)
     projections = inputs.span()
     mask = None if lengths is None else valid_mask(lengths, steps).to(inputs.dtype)
     buffers = {layer: context.new_empty(batch, steps, block.dims[layer]) for layer in store}
@@ -111,7 +112,7 @@ def parallel_sweeps(
         new_final = None
         for layer, plan in enumerate(plans):
             proj = projections[layer]
-            c = _layer_step(plan, c, proj[:, start:].reshape(-1, proj.shape[-1]) if proj.dim() == 3 else proj)
+            c = layer_step(plan, c, proj[:, start:].reshape(-1, proj.shape[-1]) if proj.dim() == 3 else proj)
             if layer in buffers:
                 buffers[layer][:, start:] = c.view(batch, steps - start, -1)
             if layer == last:
@@ -125,7 +126,7 @@ def parallel_sweeps(
         if fallback and sweeps >= 2 and sweeps < steps:
             remaining = _remaining_sweeps(change, previous_change, tol, steps - sweeps)
             if remaining * sweep_seconds > (steps - sweeps) * loop_s_per_token:
-                tail, _ = _run_rows(plans, [p[:, sweeps:] if p.dim() == 3 else p for p in projections],
+                tail, _ = run_rows(plans, [p[:, sweeps:] if p.dim() == 3 else p for p in projections],
                                     prev[:, sweeps - 1], store)
                 for layer in store:
                     buffers[layer][:, sweeps:] = tail[layer]
@@ -142,7 +143,7 @@ def _remaining_sweeps(change: float, previous_change: float, tol: float, cap: in
     return min(cap, max(1, math.ceil(math.log(tol / change) / math.log(ratio))))
 
 
-def _time_loop_probe(plans: Sequence[_LayerPlan], projections: Sequence[torch.Tensor], context: torch.Tensor) -> float:
+def _time_loop_probe(plans: Sequence[LayerPlan], projections: Sequence[torch.Tensor], context: torch.Tensor) -> float:
     """Seconds per token of the token loop: the faster of two runs over the first few tokens (the first run also
     pays for cold caches), a small discarded cost."""
     probe = min(16, next((p.shape[1] for p in projections if p.dim() == 3), 1))
@@ -150,7 +151,7 @@ def _time_loop_probe(plans: Sequence[_LayerPlan], projections: Sequence[torch.Te
     best = float("inf")
     for _ in range(2):
         began = time.perf_counter()
-        _run_rows(plans, head, context, [])
+        run_rows(plans, head, context, [])
         best = min(best, time.perf_counter() - began)
     return best / probe
 
@@ -201,18 +202,18 @@ def segment_contexts(
         raise ValueError(f"segment_len={segment_len} must be >= 1 or None (automatic)")
     if max_rounds < 1:
         raise ValueError(f"max_rounds={max_rounds} must be >= 1")
-    inputs, context = _as_inputs(block, x, context)
+    inputs, context = as_token_inputs(block, x, context)
     batch, steps = inputs.batch, inputs.steps
     device_type = inputs.device.type
     max_rows = max_rows or _DEFAULT_MAX_ROWS.get(device_type, _DEFAULT_MAX_ROWS["cpu"])
     seg = segment_len or auto_segment_len(batch * steps, burn_in, device_type)
     width = seg + burn_in
-    store = _stored_layers(block, all_layers)
-    plans = _plan(block)
+    store = stored_layers(block, all_layers)
+    plans = plan_layers(block)
     if steps == 0:
-        return _empty(block, inputs, store, "segments", lengths)
+        return empty_result(block, inputs, store, "segments", lengths)
     if steps <= width:  # one window per stream: a plain batched loop, exact
-        outputs, _ = _run_rows(plans, inputs.span(), context, store)
+        outputs, _ = run_rows(plans, inputs.span(), context, store)
         return RecurrenceResult([outputs[layer] for layer in store], "segments", 1, 0.0, lengths)
 
     windows = 1 + math.ceil((steps - width) / seg)
@@ -226,9 +227,9 @@ def segment_contexts(
         stop = min(windows, first + group)
         count = stop - first
         span = inputs.span(first * seg, (stop - 1) * seg + width)
-        window_steps = [p if p.dim() == 1 else _WindowSteps(p, seg, count) for p in span]
+        window_steps = [p if p.dim() == 1 else WindowSteps(p, seg, count) for p in span]
         start = _window_starts(block, context, initial, first, stop, seg, batch)
-        outputs, captured = _run_rows(plans, window_steps, start, keep, steps=width, capture_step=burn_in - 1)
+        outputs, captured = run_rows(plans, window_steps, start, keep, steps=width, capture_step=burn_in - 1)
         for layer in keep:
             out = outputs[layer].view(batch, count, width, -1)
             if first == 0:
@@ -286,7 +287,7 @@ class _WindowRerun:
             positions = s[:, None] + torch.arange(self.seg, device=s.device)[None, :]
             state = self.buffers[self.last][r, s - 1]
             projections = self.inputs.gather(r, positions)
-            outputs, _ = _run_rows(self.plans, projections, state, self.keep)
+            outputs, _ = run_rows(self.plans, projections, state, self.keep)
             for layer in self.keep:
                 self.buffers[layer][r[:, None], positions] = outputs[layer]
             used.append(state)
@@ -341,7 +342,70 @@ def forgetting_tokens(
     state = torch.cat([x.new_zeros(1, block.ctx_dim), F.layer_norm(random_starts, (block.ctx_dim,))])
     rows = x[None].expand(starts + 1, -1, -1)
     with torch.no_grad():
-        final = _run_rows(_plan(block), block.token_projections(rows), state, [block.num_layers - 1])[0]
+        final = run_rows(plan_layers(block), block.token_projections(rows), state, [block.num_layers - 1])[0]
     spread = (final[block.num_layers - 1] - final[block.num_layers - 1][:1]).abs().amax(dim=(0, 2))
     settled = (spread <= tol).nonzero()
     return int(settled[0]) + 1 if settled.numel() else None
+
+
+# ------------------------------------------------------------------------------------------ entry points
+
+def evaluate_contexts(
+    block: ContextBlock,
+    x: Union[torch.Tensor, TokenInputs],
+    context: Optional[torch.Tensor] = None,
+    method: str = "auto",
+    tol: float = 1e-5,
+    max_sweeps: Optional[int] = None,
+    *,
+    initial: Optional[torch.Tensor] = None,
+    lengths: Optional[torch.Tensor] = None,
+    all_layers: bool = True,
+    fallback: bool = True,
+    burn_in: int = DEFAULT_BURN_IN,
+    segment_len: Optional[int] = None,
+    max_rows: Optional[int] = None,
+    max_rounds: int = 2,
+) -> RecurrenceResult:
+    """Evaluate the recurrence without gradients over x [B, T, token_dim] (or a :class:`TokenInputs`) from
+    ``context`` [B, ctx_dim] (zeros when None).
+
+    method: "loop" (exact token loop), "sweeps" (parallel fixed-point iteration to ``tol``; with ``fallback`` it
+    finishes with the loop when that is cheaper), "segments" (batched overlapping windows, fixed point to ``tol``)
+    or "auto" (= "segments", see the module docstring). ``initial`` [B, T, ctx_dim]: a guess of the contexts (e.g.
+    the previous iteration's) used as the sweeps' start or the windows' start states. ``lengths`` [B]: valid tokens
+    per padded stream. ``all_layers=False`` keeps only the carried context (saves memory and copies).
+    ``burn_in``, ``segment_len``, ``max_rows``, ``max_rounds``: see :func:`segment_contexts`.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: use one of {', '.join(repr(m) for m in METHODS)}")
+    if not tol > 0:
+        raise ValueError(f"tol={tol} must be > 0")
+    with torch.no_grad():
+        inputs, context = as_token_inputs(block, x, context)
+        if method == "loop":
+            result = _loop_result(block, inputs, context, all_layers)
+        elif method == "sweeps":
+            result = parallel_sweeps(
+                block, inputs, context, tol=tol, max_sweeps=max_sweeps, initial=initial, fallback=fallback,
+                lengths=lengths, all_layers=all_layers,
+            )
+        else:
+            result = segment_contexts(
+                block, inputs, context, tol=tol, burn_in=burn_in, segment_len=segment_len, max_rows=max_rows,
+                initial=initial, lengths=lengths, all_layers=all_layers, max_rounds=max_rounds,
+            )
+    result.lengths = lengths
+    return result
+
+
+def evaluate_streams(
+    block: ContextBlock, xs: Sequence[torch.Tensor], method: str = "auto", tol: float = 1e-5, **kwargs
+) -> RecurrenceResult:
+    """Independent streams [T_i, token_dim], each from a zero context, evaluated as one padded batch.
+
+    Returns a result with ``lengths`` set; ``result.flat()`` gives the valid contexts concatenated [sum T_i, d].
+    Keyword arguments go to :func:`evaluate_contexts`.
+    """
+    batch, lengths = pad_streams(xs)
+    return evaluate_contexts(block, batch, None, method=method, tol=tol, lengths=lengths, **kwargs)

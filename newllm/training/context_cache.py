@@ -10,7 +10,7 @@ its uint16 bit pattern). Dtype: float32, bfloat16 or float16. The build writes c
 [N, sum(dims)] tensor ever exists.
 
 How it is built: streams are cut into pieces of at most ``batch_tokens`` tokens and evaluated by
-``newllm.recurrence.evaluate.evaluate_contexts`` as padded batches of independent streams; a long piece is itself cut into
+``newllm.recurrence.evaluate_contexts`` as padded batches of independent streams; a long piece is itself cut into
 overlapping windows evaluated as one batch (its "segments" method: burn-in from a zero context, then checked and
 re-run at every window join until the contexts agree within ``tol``). That batching is what makes the build fast:
 the per-token loop then runs over a [rows, d] matrix instead of one vector. A stream's next piece starts from the
@@ -22,8 +22,6 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -31,93 +29,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from newllm.data.token_ids import split_streams
-from newllm.recurrence.evaluate import evaluate_contexts
+from newllm.data.streams import TokenStreams, valid_mask
+from newllm.recurrence import evaluate_contexts, token_inputs
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _NUMPY_STORAGE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}  # bf16: bit pattern
 _FLOAT16_MAX = 65504.0
-
-IdsLike = Union[torch.Tensor, Sequence[int], np.ndarray]
-
-
-# ---------------------------------------------------------------------------------------------- streams
-
-@dataclass(frozen=True)
-class TokenStreams:
-    """Input/target id pairs of one or more token streams laid back to back.
-
-    ``inputs[i]`` is predicted to be followed by ``targets[i]``; stream s covers [starts[s], starts[s+1]).
-    Each stream is evaluated from a zero context.
-    """
-
-    inputs: torch.Tensor  # [N] int64
-    targets: torch.Tensor  # [N] int64
-    starts: torch.Tensor  # [S] int64, starts[0] == 0
-
-    @property
-    def n_tokens(self) -> int:
-        return int(self.inputs.shape[0])
-
-    @property
-    def n_streams(self) -> int:
-        return int(self.starts.shape[0])
-
-    @property
-    def ends(self) -> torch.Tensor:
-        return torch.cat([self.starts[1:], torch.tensor([self.n_tokens])])
-
-    def fingerprint(self) -> str:
-        """A checksum of ids and stream layout (a resumed run must see the same data)."""
-        crc = 0
-        for tensor in (self.inputs, self.targets, self.starts):
-            crc = zlib.crc32(tensor.numpy().astype(np.int64).tobytes(), crc)
-        return f"{self.n_tokens}:{self.n_streams}:{crc:08x}"
-
-    def windows(self, index: torch.Tensor, k: int) -> torch.Tensor:
-        """Ids of the last k inputs up to each indexed token, oldest first, [B, k]; -1 before its stream starts."""
-        if k == 1:
-            return self.inputs[index][:, None]
-        stream_start = self.starts[torch.searchsorted(self.starts, index, right=True) - 1]
-        back = torch.arange(k - 1, -1, -1)
-        pos = index[:, None] - back[None, :]
-        valid = pos >= stream_start[:, None]
-        return torch.where(valid, self.inputs[pos.clamp(min=0)], torch.full_like(pos, -1))
-
-
-def make_streams(ids: Union[IdsLike, Sequence[IdsLike]], streams: str = "concat") -> TokenStreams:
-    """Token streams from one id sequence or a list of documents.
-
-    ``streams="concat"``: all documents joined into one stream of n+1 ids (inputs ids[:n], targets ids[1:]), as
-    the original; the context runs on across document boundaries. ``"per_sample"``: every document is its own
-    stream from a zero context and no target crosses a document boundary (documents under 2 ids are dropped).
-    To split a flat id tensor at document offsets, pass ``torch.tensor_split(ids, offsets)``.
-    """
-    if streams not in ("concat", "per_sample"):
-        raise ValueError(f"streams={streams!r}: use 'concat' or 'per_sample'")
-    docs = split_streams(ids)
-    if streams == "concat":
-        docs = [torch.cat(docs)] if docs else []
-    docs = [d for d in docs if d.numel() >= 2]
-    if not docs:
-        raise ValueError("no stream has 2 or more token ids: nothing to predict")
-    lengths = torch.tensor([d.numel() - 1 for d in docs])
-    starts = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)[:-1]])
-    inputs = torch.cat([d[:-1] for d in docs])
-    targets = torch.cat([d[1:] for d in docs])
-    return TokenStreams(inputs, targets, starts)
-
-
-def token_inputs(model, window_ids: torch.Tensor) -> torch.Tensor:
-    """Token inputs x [B, k * embed_dim] from window ids [B, k] (-1: before the stream start, zeros).
-
-    Equals ``model.embed_tokens`` of the whole stream at those positions.
-    """
-    valid = window_ids >= 0
-    e = model.embed_norm(model.embedding(window_ids.clamp(min=0)))
-    if not bool(valid.all()):
-        e = e * valid[..., None].to(e.dtype)
-    return e.reshape(*window_ids.shape[:-1], -1)
 
 
 # ---------------------------------------------------------------------------------------------- the cache
@@ -299,7 +216,7 @@ def build_context_cache(
     Streams are cut into pieces of at most ``batch_tokens`` tokens. Pieces are evaluated round by round: round r
     holds piece r of every stream, each starting from the context its stream carried out of piece r-1 (zero for
     the first), packed into padded batches of at most ``batch_tokens`` tokens and handed to
-    :func:`newllm.recurrence.evaluate.evaluate_contexts` (``method``, ``tol``, ``burn_in``, ``segment_tokens`` are passed
+    :func:`newllm.recurrence.evaluate_contexts` (``method``, ``tol``, ``burn_in``, ``segment_tokens`` are passed
     through; its "segments" method batches the windows of a long piece). Each batch's rows are converted to the
     cache dtype and written at once, so at most one batch of fp32 contexts exists at a time.
     ``device``: where the recurrence runs (default: the model's device).
@@ -335,7 +252,7 @@ def _fill(model, cache, streams, device, method, tol, burn_in, segment_tokens, b
                 lengths = torch.tensor([end - begin for _, begin, end in group])
                 steps = int(lengths.max())
                 pos = torch.tensor([begin for _, begin, _ in group])[:, None] + torch.arange(steps)[None, :]
-                valid = torch.arange(steps)[None, :] < lengths[:, None]
+                valid = valid_mask(lengths, steps)
                 flat = pos.clamp(max=streams.n_tokens - 1).reshape(-1)
                 windows = streams.windows(flat, k).reshape(len(group), steps, k)
                 windows = torch.where(valid[..., None], windows, torch.full_like(windows, -1))

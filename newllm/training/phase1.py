@@ -11,7 +11,7 @@ The solvers differ only in ``incoming``, the context each token receives:
 - "sequential": the exact contexts under the current weights, shifted by one (token 0 of each stream gets the zero
   start context). The original's sequential trainer detached the incoming context at every token, so its loss and
   gradients are exactly those of this one batched step: exact semantics at the price of one no-grad evaluation
-  of the recurrence (newllm/recurrence.py) plus one batched step.
+  of the recurrence (newllm.recurrence) plus one batched step.
 - "parallel": the previous iteration's outputs shifted by one, plus optional Gaussian noise (the original's).
   ``sweeps_per_step`` k > 1 first refines them with k - 1 Jacobi sweeps under the current weights.
 
@@ -31,21 +31,21 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Union
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from newllm.config.training import Phase1Config
-from newllm.data.token_ids import StreamsInput, TokenIds, split_streams  # noqa: F401 (re-exported)
+from newllm.data.corpus import CorpusSplit
+from newllm.data.streams import StreamsInput, TokenStreams, make_streams
 from newllm.evaluation.context_metrics import ContextMetrics, context_metrics, convergence_rate, effective_rank
 from newllm.models.cvfp import ContextBlock, CVFPModel
-from newllm.recurrence.evaluate import evaluate_contexts
-from newllm.recurrence.inputs import RecurrenceResult, TokenInputs, valid_mask
+from newllm.recurrence import EmbeddedStreams, RecurrenceResult, evaluate_contexts, forgetting_tokens
 
 RANDOM_FIRST_PASS_STD = 0.01
+FORGETTING_PROBE_TOKENS = 256  # tokens of the first training stream the forgetting length is measured on
 
 
 # ------------------------------------------------------------------------------------------ losses
@@ -162,98 +162,31 @@ def accumulate_phase1_gradients(
 
 # ------------------------------------------------------------------------------------------ token streams
 
-@dataclass
-class StreamInputs:
-    """The token inputs of one or more streams: flat [N, token_dim], and each distinct input once with an index."""
-
-    x: torch.Tensor  # [N, token_dim], streams concatenated
-    lengths: list[int]  # tokens per stream (sum N)
-    distinct: torch.Tensor  # [U, token_dim]: each distinct token input once
-    token_index: torch.Tensor  # [N]: x[i] == distinct[token_index[i]]
-
-    @property
-    def n_tokens(self) -> int:
-        return self.x.shape[0]
-
-    def starts(self) -> torch.Tensor:
-        """Flat index of each stream's first token."""
-        offsets = np.cumsum([0] + self.lengths[:-1])
-        return torch.as_tensor(offsets, dtype=torch.long, device=self.x.device)
-
-    def shift(self, contexts: torch.Tensor) -> torch.Tensor:
-        """Incoming contexts: row i gets row i-1 of its own stream; each stream's first token gets zeros."""
-        incoming = torch.roll(contexts, shifts=1, dims=0)
-        incoming[self.starts()] = 0.0
-        return incoming
-
-    def padded_lengths(self) -> torch.Tensor:
-        return torch.tensor(self.lengths, device=self.x.device)
-
-    def inputs(self, block: ContextBlock) -> TokenInputs:
-        """The streams as the recurrence reads them: a padded batch [B, T_max] whose projections are computed once
-        per distinct input (index U, one past the last row, is a zero input past each stream's end)."""
-        index = torch.full((len(self.lengths), max(self.lengths)), self.distinct.shape[0], dtype=torch.long,
-                           device=self.x.device)
-        index[self._mask()] = self.token_index
-        return TokenInputs(block, self.distinct, index)
-
-    def to_padded(self, flat: torch.Tensor) -> torch.Tensor:
-        """Flat rows [N, d] -> [B, T_max, d], zeros past each stream's end."""
-        out = flat.new_zeros(len(self.lengths), max(self.lengths), flat.shape[-1])
-        out[self._mask()] = flat
-        return out
-
-    def to_flat(self, padded: torch.Tensor) -> torch.Tensor:
-        return padded[self._mask()]
-
-    def _mask(self) -> torch.Tensor:
-        return valid_mask(self.padded_lengths(), max(self.lengths))
-
-
-def prepare_streams(model: CVFPModel, ids_or_streams: StreamsInput, streams: str = "concat") -> StreamInputs:
+def prepare_streams(
+    model: CVFPModel, ids_or_streams: Union[CorpusSplit, TokenStreams, StreamsInput], streams: str = "concat"
+) -> EmbeddedStreams:
     """Token inputs for Phase 1: "concat" joins all samples into one stream (as the original); "per_sample" keeps
-    each sample a stream of its own, starting from a zero context (the k-token input window restarts too)."""
-    if streams not in ("concat", "per_sample"):
-        raise ValueError(f"streams={streams!r}: use 'concat' or 'per_sample'")
-    device = model.embedding.weight.device
-    parts = split_streams(ids_or_streams)
-    if streams == "concat":
-        parts = [torch.cat(parts)]
-    with torch.no_grad():
-        inputs = [model.embed_tokens(part.to(device)) for part in parts]
-    x = inputs[0] if len(inputs) == 1 else torch.cat(inputs)
-    distinct, token_index = _distinct_inputs(x, parts, model.cfg.num_input_tokens)
-    return StreamInputs(x, [part.shape[0] for part in inputs], distinct, token_index)
-
-
-def _distinct_inputs(x: torch.Tensor, parts: Sequence[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The distinct rows of x and each token's row: a token's input is a function of its last k ids (-1 before
-    its stream's start), so rows are grouped by those k-grams."""
-    grams = []
-    for ids in parts:
-        padded = torch.cat([ids.new_full((k - 1,), -1), ids])
-        grams.append(padded.unfold(0, k, 1))  # [T, k]: ids i-k+1 .. i
-    keys = torch.cat(grams).to(x.device)
-    _, token_index = torch.unique(keys, dim=0, return_inverse=True)
-    distinct = x.new_empty(int(token_index.max()) + 1, x.shape[-1])
-    distinct[token_index] = x  # equal keys carry identical rows, so any writer wins
-    return distinct, token_index
+    each sample a stream of its own, starting from a zero context (the k-token input window restarts too).
+    Every token is an input (Phase 1 predicts nothing)."""
+    if not isinstance(ids_or_streams, TokenStreams):
+        ids_or_streams = make_streams(ids_or_streams, streams, predict=False)
+    return EmbeddedStreams.of(model, ids_or_streams)
 
 
 def exact_contexts(
-    block: ContextBlock, streams: StreamInputs, cfg: Phase1Config, initial: Optional[torch.Tensor] = None
+    block: ContextBlock, streams: EmbeddedStreams, cfg: Phase1Config, initial: Optional[torch.Tensor] = None
 ) -> tuple[torch.Tensor, RecurrenceResult]:
     """Carried contexts [N, ctx_dim] of the exact recurrence under the block's current weights (no gradients);
     ``initial`` [N, ctx_dim] is a guess (e.g. the previous iteration's) the parallel methods may start from."""
     guess = None if initial is None else streams.to_padded(initial)
     result = evaluate_contexts(
-        block, streams.inputs(block), None, method=cfg.recurrence, tol=cfg.tol, initial=guess,
+        block, streams.token_inputs(block), None, method=cfg.recurrence, tol=cfg.tol, initial=guess,
         lengths=streams.padded_lengths(), all_layers=False,
     )
     return streams.to_flat(result.final), result
 
 
-def jacobi_sweep(block: ContextBlock, streams: StreamInputs, contexts: torch.Tensor) -> torch.Tensor:
+def jacobi_sweep(block: ContextBlock, streams: EmbeddedStreams, contexts: torch.Tensor) -> torch.Tensor:
     """One parallel sweep (no gradients): every token from the given contexts shifted by one."""
     with torch.no_grad():
         return block_outputs(block, streams.shift(contexts), streams.distinct, streams.token_index)
@@ -275,6 +208,10 @@ class Phase1Result:
     train_metrics: ContextMetrics
     val_metrics: Optional[ContextMetrics]
     val_contexts: Optional[torch.Tensor]
+    # tokens until the trained map forgets its start context (to cfg.tol; see recurrence.forgetting_tokens),
+    # measured on the first FORGETTING_PROBE_TOKENS tokens; None when it has not forgotten by then. Segment
+    # burn-ins (recurrence "segments", the context cache) need about this many tokens.
+    forgetting_tokens: Optional[int]
     seconds: float  # wall time of the whole call
 
 
@@ -298,16 +235,17 @@ def _non_finite_error(iteration: int, what: str, stats: Optional[StepStats], cfg
 
 def train_phase1(
     model: CVFPModel,
-    ids_or_streams: StreamsInput,
+    ids_or_streams: Union[CorpusSplit, TokenStreams, StreamsInput],
     cfg: Phase1Config = Phase1Config(),
-    val_ids: Optional[StreamsInput] = None,
+    val_ids: Optional[Union[CorpusSplit, TokenStreams, StreamsInput]] = None,
     progress: bool = True,
     callback: Optional[Callable[[dict], None]] = None,
 ) -> Phase1Result:
     """Train the model's ContextBlock with Phase 1 (see the module docstring); returns history, contexts, metrics.
 
-    ``ids_or_streams``: one stream of token ids (1-D tensor / array / list) or a list of samples (with
-    ``cfg.streams="per_sample"`` each is its own stream; with "concat" they are joined). ``val_ids`` likewise;
+    ``ids_or_streams``: a corpus split, one stream of token ids (1-D tensor / array / list) or a list of samples
+    (with ``cfg.streams="per_sample"`` each sample or document is its own stream; with "concat" they are joined;
+    see :func:`newllm.data.streams.make_streams`), or ready :class:`TokenStreams`. ``val_ids`` likewise;
     validation contexts always come from the exact recurrence under the final weights. ``callback(row)`` receives
     each history row as it is recorded.
     """
@@ -413,6 +351,8 @@ def train_phase1(
         val_streams = prepare_streams(model, val_ids, cfg.streams)
         val_contexts, _ = exact_contexts(block, val_streams, cfg)
         val_metrics = context_metrics(val_contexts, val_streams.lengths, max_rows=cfg.er_max_rows, seed=cfg.seed)
+    probe = streams.x[: min(FORGETTING_PROBE_TOKENS, streams.lengths[0])]
+    forgetting = forgetting_tokens(block, probe, cfg.tol, seed=cfg.seed)
     iterations = iteration + 1
     return Phase1Result(
         history=pd.DataFrame(rows),
@@ -425,6 +365,7 @@ def train_phase1(
         train_metrics=train_metrics,
         val_metrics=val_metrics,
         val_contexts=val_contexts,
+        forgetting_tokens=forgetting,
         seconds=time.perf_counter() - began_call,
     )
 

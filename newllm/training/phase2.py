@@ -41,7 +41,9 @@ from tqdm.auto import tqdm
 from newllm.config.training import Phase2Config
 from newllm.evaluation.lm_metrics import LMEval
 from newllm.training.chunked_ce import linear_cross_entropy
-from newllm.training.context_cache import ContextCache, build_context_cache, make_streams, token_inputs
+from newllm.data.streams import make_streams
+from newllm.recurrence import token_inputs
+from newllm.training.context_cache import ContextCache, build_context_cache
 from newllm.training.planner import MemoryBudget, Phase2Plan, Phase2Workload, phase2_trainable_parameters, plan_phase2
 from newllm.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from newllm.utils.runtime import autocast_dtype
