@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,3 +133,56 @@ def test_bad_context_matrices_raise():
         context_metrics(torch.ones(0, 4))
     with pytest.raises(ValueError, match="max_rows"):
         subsample_rows(torch.ones(3, 2), 0)
+
+
+def test_streamed_statistics_equal_the_whole_matrix_computation(monkeypatch):
+    import newllm.evaluation.context_metrics as cm
+
+    torch.manual_seed(1)
+    contexts = torch.randn(50, 6)
+    lengths = [20, 1, 0, 29]
+    whole = cm.context_metrics(contexts, lengths)
+    monkeypatch.setattr(cm, "BLOCK_ROWS", 7)  # blocks that cut streams and pairs at odd places
+    blocked = cm.context_metrics(contexts, lengths)
+    assert blocked.identity_mean_cosine == pytest.approx(whole.identity_mean_cosine, rel=1e-6)
+    assert blocked.mean_norm == pytest.approx(whole.mean_norm, rel=1e-6)
+    assert blocked.sparsity == whole.sparsity
+    # against a direct fp64 reference: consecutive pairs within each stream only
+    unit = torch.nn.functional.normalize(contexts.double(), dim=-1)
+    pairs = [(unit[i] * unit[i + 1]).sum() for s, n in ((0, 20), (21, 29)) for i in range(s, s + n - 1)]
+    assert blocked.identity_mean_cosine == pytest.approx(float(torch.stack(pairs).mean()), rel=1e-6)
+    assert blocked.mean_norm == pytest.approx(float(contexts.double().norm(dim=-1).mean()), rel=1e-6)
+
+
+def test_gram_effective_rank_tracks_the_svd():
+    torch.manual_seed(2)
+    full = torch.nn.functional.layer_norm(torch.randn(3000, 64) @ torch.randn(64, 64), (64,))
+    low = torch.randn(3000, 5) @ torch.randn(5, 64) + 0.01 * torch.randn(3000, 64)
+    for contexts, rel in ((full, 1e-5), (low, 1e-3)):
+        exact = effective_rank(contexts)
+        fast = effective_rank(contexts, exact=False)
+        assert fast.er == pytest.approx(exact.er, rel=rel) and fast.rows == exact.rows
+
+
+def test_context_metrics_make_no_full_size_copies(tmp_path):
+    # in a fresh process, the peak RSS that context_metrics adds on top of a 400 MB context matrix: the first
+    # version made about three fp64 copies of it (~2.4 GB); streamed, it needs well under the matrix's own size
+    script = tmp_path / "peak.py"
+    script.write_text(
+        "import resource, torch\n"
+        "from newllm.evaluation.context_metrics import context_metrics, context_metrics_bytes\n"
+        "torch.set_num_threads(1)\n"
+        "x = torch.randn(400_000, 256)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "context_metrics(x, [200_000, 200_000], max_rows=4000)\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "print(after - before, x.numel() * 4, context_metrics_bytes(256, max_rows=4000))\n"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    added, matrix_bytes, bound = (int(v) for v in out.stdout.split())
+    assert added < 0.5 * matrix_bytes, f"metrics added {added / 2**20:.0f} MiB over a {matrix_bytes / 2**20:.0f} MiB matrix"
+    assert added < bound + 64 * 2**20

@@ -5,6 +5,9 @@
   ``centred=True`` subtracts the row mean first (then ER measures spread around the mean, not the mean direction).
   Matrices with more than ``max_rows`` rows use a seeded, deterministic row subsample; the row count is recorded
   because ER depends on it.
+  ``exact=False`` (Phase 1's per-iteration tracking) takes the singular values from the fp32 Gram matrix X^T X on
+  the contexts' device and an fp64 eigensolver on the CPU: no fp64 SVD every iteration (slow on GPUs with little
+  fp64), ER within ~1e-6 relative of the SVD's on full-rank contexts, ~3e-4 on nearly rank-deficient ones.
 - Actual rank: #{s_k > 1e-6}.
 - Convergence rate: share of tokens whose mean squared change over dims is below the threshold.
 - Identity mapping (one definition; the original had two that disagreed): the map is "identity" when the context
@@ -16,6 +19,10 @@
   attractor also reads as identity here (every context equal); the flags are reported side by side.
 - Global attractor: mean pairwise L2 < 0.1 and mean pairwise cosine > 0.99 on a seeded row subsample.
 - Zero solution: mean row norm < 0.1. Low diversity: ER < 30 % of the width. Sparsity: share of |value| < 0.01.
+
+Memory: statistics over all N rows (identity, norm, sparsity) stream over blocks of ``BLOCK_ROWS`` rows in the
+contexts' own dtype and accumulate in fp64 scalars, so no N x d copy is made; the ER and pairwise subsamples are at
+most ``max_rows`` / ``pair_max_rows`` rows (:func:`context_metrics_bytes` gives the bound the memory planner uses).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ ATTRACTOR_COSINE = 0.99
 ZERO_NORM = 0.1
 LOW_DIVERSITY_PCT = 30.0
 SPARSE_ABS = 0.01
+BLOCK_ROWS = 16384  # rows per block of the streamed statistics (bounds their temporaries)
 
 
 def _as_matrix(contexts: torch.Tensor) -> torch.Tensor:
@@ -68,15 +76,24 @@ class EffectiveRank:
     centred: bool
 
 
+def _singular_values(sample: torch.Tensor, exact: bool) -> torch.Tensor:
+    if exact:
+        return torch.linalg.svdvals(sample.to(torch.float64))
+    sample = sample.float()
+    gram = (sample.t() @ sample).cpu().to(torch.float64)
+    return torch.linalg.eigvalsh(gram).clamp(min=0.0).sqrt().flip(0)
+
+
 def effective_rank(
-    contexts: torch.Tensor, max_rows: int = 10000, seed: int = 0, centred: bool = False
+    contexts: torch.Tensor, max_rows: int = 10000, seed: int = 0, centred: bool = False, exact: bool = True
 ) -> EffectiveRank:
-    """Effective rank of contexts [N, d] (see the module docstring), on at most ``max_rows`` seeded rows."""
+    """Effective rank of contexts [N, d] (see the module docstring), on at most ``max_rows`` seeded rows;
+    ``exact=False``: from the Gram matrix's eigenvalues instead of an fp64 SVD (per-iteration tracking)."""
     matrix = _as_matrix(contexts)
-    sample = subsample_rows(matrix, max_rows, seed).to(torch.float64)
+    sample = subsample_rows(matrix, max_rows, seed)
     if centred:
         sample = sample - sample.mean(dim=0, keepdim=True)
-    singular = torch.linalg.svdvals(sample)
+    singular = _singular_values(sample, exact)
     total = float(singular.sum())
     if total == 0.0 or not math.isfinite(total):
         er = 0.0 if total == 0.0 else float("nan")
@@ -125,22 +142,47 @@ def identity_mapping(
     ``contexts`` [N, d] are the exact carried contexts of one stream, or of several concatenated streams with
     ``lengths`` (pairs never cross a stream boundary).
     """
-    matrix = _as_matrix(contexts).to(torch.float64)
+    matrix = _as_matrix(contexts)
     lengths = [matrix.shape[0]] if lengths is None else [int(n) for n in lengths]
     if sum(lengths) != matrix.shape[0]:
         raise ValueError(f"lengths sum to {sum(lengths)} but there are {matrix.shape[0]} context rows")
-    unit = torch.nn.functional.normalize(matrix, dim=-1)
-    cosines = []
-    start = 0
-    for n in lengths:
-        if n > 1:
-            cosines.append((unit[start : start + n - 1] * unit[start + 1 : start + n]).sum(dim=-1))
-        start += n
-    if not cosines:
+    # pair (i, i+1) counts unless row i is the last of its stream
+    last_rows = torch.tensor(lengths, dtype=torch.long).cumsum(0) - 1
+    keep = torch.ones(matrix.shape[0], dtype=torch.bool)
+    keep[last_rows[last_rows >= 0]] = False
+    total, pairs = 0.0, 0
+    for start in range(0, matrix.shape[0] - 1, BLOCK_ROWS):
+        stop = min(start + BLOCK_ROWS, matrix.shape[0] - 1)
+        a = torch.nn.functional.normalize(matrix[start:stop].float(), dim=-1)
+        b = torch.nn.functional.normalize(matrix[start + 1 : stop + 1].float(), dim=-1)
+        mask = keep[start:stop].to(a.device)
+        total += float((a * b).sum(dim=-1)[mask].sum(dtype=torch.float64))
+        pairs += int(mask.sum())
+    if pairs == 0:
         return IdentityCheck(float("nan"), 0, threshold, False)
-    values = torch.cat(cosines)
-    mean = float(values.mean())
-    return IdentityCheck(mean, values.numel(), threshold, mean > threshold)
+    mean = total / pairs
+    return IdentityCheck(mean, pairs, threshold, mean > threshold)
+
+
+def _row_statistics(matrix: torch.Tensor) -> tuple[float, float]:
+    """Mean row norm and the share of |value| < SPARSE_ABS, over row blocks (no N x d copy)."""
+    norm_sum, small = 0.0, 0
+    for start in range(0, matrix.shape[0], BLOCK_ROWS):
+        block = matrix[start : start + BLOCK_ROWS].float()
+        norm_sum += float(block.norm(dim=-1).sum(dtype=torch.float64))
+        small += int((block.abs() < SPARSE_ABS).sum())
+    return norm_sum / matrix.shape[0], small / matrix.numel()
+
+
+def context_metrics_bytes(dim: int, max_rows: int = 10000, pair_max_rows: int = 2000,
+                          element_bytes: int = 4) -> int:
+    """An upper bound of the memory :func:`context_metrics` allocates for contexts of width ``dim`` (besides the
+    contexts themselves): the fp64 ER sample and its SVD workspace, the pairwise sample and one cdist block, and the
+    streamed statistics' row-block temporaries."""
+    er = 3 * max_rows * dim * 8 + 4 * dim * dim * 8
+    pairwise = pair_max_rows * dim * 8 + 1024 * pair_max_rows * 8
+    blocks = 4 * BLOCK_ROWS * dim * max(element_bytes, 4)
+    return er + pairwise + blocks
 
 
 def mean_pairwise_l2(rows: torch.Tensor, block: int = 1024) -> float:
@@ -211,7 +253,7 @@ def context_metrics(
     l2 = mean_pairwise_l2(pairs)
     cosine = mean_pairwise_cosine(pairs)
     identity = identity_mapping(matrix, lengths)
-    mean_norm = float(matrix.to(torch.float64).norm(dim=-1).mean())
+    mean_norm, sparsity = _row_statistics(matrix)
     return ContextMetrics(
         tokens=matrix.shape[0],
         dim=matrix.shape[1],
@@ -224,7 +266,7 @@ def context_metrics(
         mean_pairwise_l2=l2,
         mean_pairwise_cosine=cosine,
         pair_rows=pairs.shape[0],
-        sparsity=float((matrix.abs() < SPARSE_ABS).to(torch.float64).mean()),
+        sparsity=sparsity,
         identity_mean_cosine=identity.mean_cosine,
         is_identity=identity.is_identity,
         global_attractor=bool(l2 < ATTRACTOR_L2 and cosine > ATTRACTOR_COSINE),
