@@ -150,10 +150,17 @@ def _time_loop_probe(plans: Sequence[LayerPlan], projections: Sequence[torch.Ten
     head = [p[:, :probe] if p.dim() == 3 else p for p in projections]
     best = float("inf")
     for _ in range(2):
+        _synchronize(context.device)  # CUDA kernels run asynchronously: time them, not their launch
         began = time.perf_counter()
         run_rows(plans, head, context, [])
+        _synchronize(context.device)
         best = min(best, time.perf_counter() - began)
     return best / probe
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 # ------------------------------------------------------------------------------------------ (c) segments
