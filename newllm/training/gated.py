@@ -13,6 +13,9 @@ Settings come from ``GatedTrainConfig``:
   batch for the gradient and over the whole epoch / validation set for the reported figures (the original averaged
   batch means, which over-weights batches of short paragraphs).
 - Mixed precision on CUDA (bf16 where supported, else fp16 with a GradScaler), fp32 on CPU; ``amp="off"`` forces fp32.
+- Batch size (``batch_size=None``): 32 on CPU; on CUDA the largest power of two whose estimated memory
+  (newllm.training.planner.gated_training_bytes) fits. If a step still runs out of device memory it is redone in
+  halved micro-batches (gradient accumulation, newllm.training.common.OOMBackoff).
 - ``max_updates`` ends a budgeted run, possibly mid-epoch; the validation set is then evaluated once more so the run
   still has a final figure (that row's ``epoch`` is fractional).
 

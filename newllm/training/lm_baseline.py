@@ -124,9 +124,9 @@ def train_lm_baseline(
     Batches are non-overlapping ``seq_len`` windows of ``train_ids`` in a seeded random order, reshuffled each pass;
     the last step takes only the windows the budget has left. AdamW (weight decay ``weight_decay``), gradient norm
     clipped to ``grad_clip``, linear warm-up (default min(100, steps // 10) steps) then ``schedule`` "cosine" (to 10%
-    of ``lr``) or "constant"; bf16 autocast on GPUs that support it. ``history`` has one row per evaluation (every
-    ``eval_every`` steps, default a tenth of the run, and at the end): step, tokens, lr, train_loss (mean since the
-    previous row), val_loss, val_ppl. The returned LMEval is the final model on all of ``val_ids`` (windows mode),
+    of ``lr``) or "constant"; bf16 autocast on GPUs that support it. A step that runs out of device memory is redone
+    in halved micro-batches. ``history`` has one row per evaluation (every ``eval_every`` steps, default a tenth of
+    the run, and at the end): step, tokens, lr, train_loss (mean since the previous row), val_loss, val_ppl. The returned LMEval is the final model on all of ``val_ids`` (windows mode),
     labelled with ``tokenizer``; with ``n_bytes`` (UTF-8 bytes of the validation text) it gives bits per byte.
     """
     from newllm.evaluation.quantize import is_quantized
