@@ -18,7 +18,8 @@ import torch
 
 from newllm.config.models import GatedLMConfig
 from newllm.config.training import GatedTrainConfig
-from newllm.training.gated import experiment_name, run_wikitext
+from newllm.experiments.gated_wikitext import run_wikitext
+from newllm.training.gated import experiment_name
 from newllm.utils.runs import RunFolder
 
 

@@ -34,7 +34,8 @@ from newllm.config.models import ModelConfig
 from newllm.config.training import Phase2Config  # noqa: E402
 from newllm.models.cvfp import CVFPModel  # noqa: E402
 from newllm.recurrence import token_inputs  # noqa: E402
-from newllm.training.phase2 import make_adam, optimizer_step, token_loss, train_phase2  # noqa: E402
+from newllm.training.common import clip_and_step  # noqa: E402
+from newllm.training.phase2 import make_adam, token_loss, train_phase2  # noqa: E402
 from newllm.training.planner import phase2_trainable_parameters  # noqa: E402
 from newllm.utils.io import atomic_write_json  # noqa: E402
 
@@ -119,7 +120,7 @@ def step_comparison(model: CVFPModel, steps: int, batch: int, ce_chunk_tokens: i
                 ours_optimizer.zero_grad(set_to_none=True)
                 loss, _ = token_loss(model, contexts, x, targets, ce_chunk_tokens, scale=1.0 / batch)
                 loss.backward()
-                optimizer_step(ours_optimizer, 1.0, 1e-3)
+                clip_and_step(ours_optimizer, 1.0)
             else:
                 original_optimizer.zero_grad()
                 F.cross_entropy(model.head(model.token_block(contexts, x)), targets).backward()

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from newllm.config.models import ModelConfig
-from newllm.models.cvfp import CVFPModel
 from newllm.data.streams import make_streams
+from newllm.models.cvfp import CVFPModel
 from newllm.recurrence import token_inputs, token_loop
 from newllm.training.context_cache import ContextCache, build_context_cache
 

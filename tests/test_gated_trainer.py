@@ -16,18 +16,17 @@ import newllm.utils.checkpoint as checkpoint_module
 from newllm.config.models import GatedLMConfig
 from newllm.config.training import GatedTrainConfig
 from newllm.data.wikitext import make_windows
+from newllm.experiments.gated_wikitext import run_wikitext
 from newllm.experiments.sweeps import SEED002_CTX_SWEEP, sweep_gated
 from newllm.models.common import parameter_count
 from newllm.models.gated import GatedContextLM
+from newllm.training.common import EarlyStopping, lr_factor
 from newllm.training.gated import (
-    EarlyStopping,
     base_learning_rate,
     choose_batch_size,
     clip_norm_for_epoch,
     evaluate_windows,
     experiment_name,
-    learning_rate_at,
-    run_wikitext,
     train_gated_lm,
 )
 from newllm.utils.checkpoint import CheckpointError, load_checkpoint
@@ -105,8 +104,8 @@ def test_learning_rate_rules():
     assert base_learning_rate(GatedTrainConfig(lr=1e-4, lr_scaling="sqrt"), 2048) == pytest.approx(8e-4)
     assert base_learning_rate(GatedTrainConfig(lr=1e-4, lr_scaling="sqrt"), 32) == pytest.approx(1e-4)
     assert base_learning_rate(GatedTrainConfig(lr=1e-4), 2048) == 1e-4
-    assert learning_rate_at(1.0, "constant", 50, 100) == 1.0
-    assert [learning_rate_at(1.0, "cosine", u, 100) for u in (0, 50, 100)] == pytest.approx([1.0, 0.5, 0.0])
+    assert lr_factor(50, "constant", 100) == 1.0
+    assert [lr_factor(u, "cosine", 100) for u in (0, 50, 100)] == pytest.approx([1.0, 0.5, 0.0])
 
 
 def test_cosine_schedule_reaches_the_optimizer(windows, tmp_path):
@@ -117,7 +116,7 @@ def test_cosine_schedule_reaches_the_optimizer(windows, tmp_path):
     assert result.lr == pytest.approx(base)
     total = result.updates
     assert result.history["lr"].tolist() == pytest.approx(
-        [learning_rate_at(base, "cosine", total // 2 - 1, total), learning_rate_at(base, "cosine", total - 1, total)])
+        [base * lr_factor(total // 2 - 1, "cosine", total), base * lr_factor(total - 1, "cosine", total)])
 
 
 def test_early_stopping_rule():

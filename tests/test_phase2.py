@@ -6,14 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import newllm.training.phase2 as phase2
+import newllm.training.phase2_checkpoint as phase2_checkpoint
 from newllm.config.models import ModelConfig
 from newllm.config.training import Phase2Config
+from newllm.data.streams import make_streams
 from newllm.models.cvfp import CVFPModel
 from newllm.training.chunked_ce import linear_cross_entropy
-from newllm.data.streams import make_streams
+from newllm.training.common import OOMBackoff, TrainingMemoryError, epoch_order, lr_factor
 from newllm.training.context_cache import build_context_cache
-from newllm.training.phase2 import OOMBackoff, Phase2MemoryError, evaluate, previous_checkpoint_path, train_phase2
+from newllm.training.phase2 import evaluate, train_phase2
+from newllm.training.phase2_checkpoint import previous_checkpoint_path
 from newllm.training.planner import MemoryBudget
 from newllm.utils.checkpoint import CheckpointError, read_checkpoint
 
@@ -177,13 +179,13 @@ def test_placements_and_streams_modes_train():
 
 def test_schedule_and_order_helpers():
     cfg = config(schedule="cosine", lr=1e-3)
-    assert phase2._lr_at(cfg, 0, 10) == pytest.approx(1e-3)
-    assert phase2._lr_at(cfg, 5, 10) == pytest.approx(5e-4)
-    assert phase2._lr_at(cfg, 10, 10) == pytest.approx(0.0, abs=1e-12)
-    assert phase2._epoch_order(config(shuffle=False), 3, 5).tolist() == [0, 1, 2, 3, 4]
-    first, second = phase2._epoch_order(cfg, 0, 50), phase2._epoch_order(cfg, 1, 50)
+    assert cfg.lr * lr_factor(0, cfg.schedule, 10) == pytest.approx(1e-3)
+    assert cfg.lr * lr_factor(5, cfg.schedule, 10) == pytest.approx(5e-4)
+    assert cfg.lr * lr_factor(10, cfg.schedule, 10) == pytest.approx(0.0, abs=1e-12)
+    assert epoch_order(5, cfg.seed, 3, shuffle=False).tolist() == [0, 1, 2, 3, 4]
+    first, second = epoch_order(50, cfg.seed, 0, cfg.shuffle), epoch_order(50, cfg.seed, 1, cfg.shuffle)
     assert sorted(first.tolist()) == list(range(50)) and not torch.equal(first, second)
-    assert torch.equal(first, phase2._epoch_order(cfg, 0, 50))
+    assert torch.equal(first, epoch_order(50, cfg.seed, 0, cfg.shuffle))
 
 
 def test_max_steps_stops_and_still_evaluates():
@@ -230,7 +232,7 @@ def test_oom_after_the_last_halving_stops_with_a_clear_message(tmp_path):
     def after_step(info):
         always.steps_ok -= 1
 
-    with pytest.warns(RuntimeWarning), pytest.raises(Phase2MemoryError, match="after 3 halving") as error:
+    with pytest.warns(RuntimeWarning), pytest.raises(TrainingMemoryError, match="after 3 halving") as error:
         run(model, config(checkpoint_every_steps=1), checkpoint_path=path, before_forward=always, callback=after_step)
     assert "micro_batch_size" in str(error.value) and "optimizer did not step" in str(error.value)
     _, meta = read_checkpoint(path)  # the one finished step is safe in the checkpoint
@@ -251,7 +253,7 @@ def test_oom_backoff_unit():
     with pytest.warns(RuntimeWarning):
         assert backoff.run(fn, cleanup=lambda: cleaned.append(1)) == 16
     assert seen == [64, 32, 16] and len(cleaned) == 2 and backoff.size == 16
-    with pytest.raises(Phase2MemoryError, match="tried 16"):
+    with pytest.raises(TrainingMemoryError, match="tried 16"):
         OOMBackoff(16, max_halvings=0, what="unit").run(lambda s: fn(100), cleanup=lambda: None)
 
 
@@ -307,7 +309,7 @@ def test_a_failed_save_leaves_the_last_good_checkpoint(tmp_path, monkeypatch):
     def failing_save(*args, **kwargs):
         raise OSError("disk full (injected)")
 
-    monkeypatch.setattr(phase2, "save_checkpoint", failing_save)
+    monkeypatch.setattr(phase2_checkpoint, "save_checkpoint", failing_save)
     with pytest.raises(OSError, match="disk full"):
         run(tiny_model(), config(checkpoint_every_steps=1), checkpoint_path=path, resume=True)
     monkeypatch.undo()

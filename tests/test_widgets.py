@@ -14,11 +14,10 @@ from newllm.notebook.widgets import (
     count_parameters,
     cvfp_model_config,
     estimate_size,
-    gated_training_bytes,
     notebook_controls,
     size_controls,
 )
-from newllm.training.planner import GiB, MemoryBudget, Phase2Workload, plan_phase2
+from newllm.training.planner import GiB, MemoryBudget, Phase2Workload, gated_training_bytes, plan_phase2
 
 CPU_8G = MemoryBudget.simulated(None, host_gib=8.0)
 

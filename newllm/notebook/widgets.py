@@ -21,13 +21,17 @@ import torch
 
 from newllm.config.models import GatedLMConfig, ModelConfig
 from newllm.config.training import Phase2Config
-from newllm.training.planner import MemoryBudget, MemoryPlanError, Phase2Workload, format_bytes, plan_phase2
+from newllm.training.planner import (
+    GATED_MEMORY_SAFETY,
+    MemoryBudget,
+    MemoryPlanError,
+    Phase2Workload,
+    format_bytes,
+    gated_training_bytes,
+    plan_phase2,
+)
 
 FAMILIES = ("cvfp", "gated")
-# The gated trainer keeps every training window on the device (inputs and targets, int64).
-WINDOW_ID_BYTES = 2 * 8
-# Share of free memory a gated run may plan to use (the same safety margin as Phase2Config.memory_safety).
-GATED_MEMORY_SAFETY = Phase2Config().memory_safety
 
 
 def _check_family(family: str) -> None:
@@ -61,26 +65,6 @@ def count_parameters(family: str, ctx_dim: int, layers: int, vocab_size: int, em
         else:
             model = CVFPModel(cvfp_model_config(ctx_dim, layers, vocab_size, embed_dim))
     return parameter_count(model)
-
-
-def gated_training_bytes(cfg: GatedLMConfig, batch_size: int, window: int, parameters: int,
-                         train_windows: int = 0) -> dict[str, int]:
-    """Closed-form memory of one end-to-end training step of the gated LM, per component (fp32 upper bound).
-
-    weights + gradients + Adam's two moments = 16 bytes per parameter; activations saved for backward per
-    predicted token: the [e; c] input, three tensors per hidden layer (linear output, ReLU, dropout), the
-    context update's ~11 ctx-wide tensors (three projections, two sigmoids, the gated sum, LayerNorm, clamp) and
-    the logits with their gradient; plus the training windows held on the device.
-    """
-    per_token = (cfg.embed_dim + cfg.ctx_dim) + 3 * cfg.num_layers * cfg.hidden_dim + 11 * cfg.ctx_dim \
-        + 2 * cfg.vocab_size
-    return {
-        "weights": 4 * parameters,
-        "gradients": 4 * parameters,
-        "Adam moments": 8 * parameters,
-        "activations (one batch)": 4 * per_token * batch_size * (window - 1),
-        "training windows": WINDOW_ID_BYTES * train_windows * window,
-    }
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from newllm.recurrence.solvers import (
     segment_contexts,
     token_loop,
 )
+
 __all__ = ['evaluate_contexts', 'evaluate_streams', 'METHODS', 'DEFAULT_BURN_IN', 'RecurrenceResult', 'TokenInputs',
            'EmbeddedStreams', 'token_inputs', 'pad_streams', 'valid_mask', 'token_loop', 'parallel_sweeps',
            'segment_contexts', 'auto_segment_len', 'forgetting_tokens']

@@ -15,7 +15,18 @@ from newllm.evaluation.lm_metrics import LMEval
 from newllm.models.baselines import check_ids
 from newllm.models.cvfp import CVFPModel
 from newllm.models.gated import GatedContextLM
-from newllm.utils.runtime import autocast_dtype, resolve_device, seed_everything
+from newllm.training.common import (
+    MAX_OOM_HALVINGS,
+    OOMBackoff,
+    accumulate_gradients,
+    autocast,
+    autocast_dtype,
+    clip_and_step,
+    epoch_order,
+    lr_factor,
+    lr_scheduler,
+)
+from newllm.utils.runtime import resolve_device, seed_everything
 
 # ------------------------------------------------------------------------------------------ evaluation
 
@@ -96,16 +107,6 @@ def _batched(windows: list[tuple[int, int]], batch_size: int) -> list[list[tuple
 
 # ------------------------------------------------------------------------------------------ training
 
-def _lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Linear warm-up over ``warmup`` steps, then constant or cosine decay to 10% of the peak at the last step."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant" or total <= warmup + 1:
-        return 1.0
-    progress = (step - warmup) / (total - warmup - 1)
-    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def train_lm_baseline(
     model: nn.Module,
     train_ids: torch.Tensor,
@@ -132,9 +133,9 @@ def train_lm_baseline(
     Batches are non-overlapping ``seq_len`` windows of ``train_ids`` in a seeded random order, reshuffled each pass;
     the last step takes only the windows the budget has left. AdamW (weight decay ``weight_decay``), gradient norm
     clipped to ``grad_clip``, linear warm-up (default min(100, steps // 10) steps) then ``schedule`` "cosine" (to 10%
-    of ``lr``) or "constant"; bf16 autocast on GPUs that support it. ``history`` has one row per evaluation (every
-    ``eval_every`` steps, default a tenth of the run, and at the end): step, tokens, lr, train_loss (mean since the
-    previous row), val_loss, val_ppl. The returned LMEval is the final model on all of ``val_ids`` (windows mode),
+    of ``lr``) or "constant"; bf16 autocast on GPUs that support it. A step that runs out of device memory is redone
+    in halved micro-batches. ``history`` has one row per evaluation (every ``eval_every`` steps, default a tenth of
+    the run, and at the end): step, tokens, lr, train_loss (mean since the previous row), val_loss, val_ppl. The returned LMEval is the final model on all of ``val_ids`` (windows mode),
     labelled with ``tokenizer``; with ``n_bytes`` (UTF-8 bytes of the validation text) it gives bits per byte.
     """
     from newllm.evaluation.quantize import is_quantized
@@ -168,7 +169,10 @@ def train_lm_baseline(
     warmup = min(100, steps // 10) if warmup_steps is None else warmup_steps
     every = eval_every or max(1, steps // 10)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps, warmup, schedule))
+    # warm-up, then the cosine reaches 10% of the peak at the last step
+    scheduler = lr_scheduler(optimizer, lr, lambda s: lr_factor(s, schedule, steps - warmup - 1, warmup, final=0.1))
+    backoff = OOMBackoff(batch_size, MAX_OOM_HALVINGS, "baseline training step", unit="windows",
+                         hint="Lower batch_size.")
     order = _window_order(starts, seed)
 
     rows, tokens_seen, pending = [], 0, []
@@ -176,20 +180,22 @@ def train_lm_baseline(
     for step in bar:
         remaining_windows = math.ceil((token_budget - tokens_seen) / window_tokens)
         batch_starts = torch.stack([next(order) for _ in range(min(batch_size, remaining_windows))]).to(dev)
-        offsets = batch_starts[:, None] + torch.arange(seq_len + 1, device=dev)
-        chunk = train_ids[offsets]
+
+        def part_loss(part: torch.Tensor, _size: int) -> tuple[torch.Tensor, torch.Tensor]:
+            chunk = train_ids[part[:, None] + torch.arange(seq_len + 1, device=dev)]
+            with autocast(dev, amp):
+                logits = model(chunk[:, :-1])
+            loss = F.cross_entropy(logits.float().reshape(-1, vocab_size), chunk[:, 1:].reshape(-1))
+            loss = loss * (part.numel() / batch_starts.numel())  # the part's share of the step's mean
+            return loss, loss.detach()
+
         model.train()
-        with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-            logits = model(chunk[:, :-1])
-        loss = F.cross_entropy(logits.float().reshape(-1, vocab_size), chunk[:, 1:].reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        losses = accumulate_gradients(backoff, optimizer, batch_starts, part_loss)
         current_lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
+        clip_and_step(optimizer, grad_clip)
         scheduler.step()
-        tokens_seen += chunk[:, 1:].numel()
-        pending.append(float(loss.detach()))
+        tokens_seen += batch_starts.numel() * seq_len
+        pending.append(float(sum(losses)))
         bar.set_postfix(loss=f"{pending[-1]:.3f}")
         if (step + 1) % every == 0 or step + 1 == steps:
             val = evaluate_lm(model, val_ids, tokenizer=tokenizer, seq_len=seq_len, batch_size=eval_batch_size,
@@ -203,7 +209,8 @@ def train_lm_baseline(
 
 def _window_order(starts: torch.Tensor, seed: int) -> Iterator[torch.Tensor]:
     """Window starts in a seeded random order, reshuffled at each pass over the data."""
-    generator = torch.Generator().manual_seed(seed)
+    data_pass = 0
     while True:
-        for index in torch.randperm(len(starts), generator=generator):
+        for index in epoch_order(len(starts), seed, data_pass):
             yield starts[index]
+        data_pass += 1

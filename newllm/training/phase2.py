@@ -21,44 +21,40 @@ file left off and ends with the same numbers as an uninterrupted run on the same
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import shutil
 import time
-import warnings
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, TypeVar, Union
+from typing import Callable, Optional, Sequence, Union
 
 import pandas as pd
 import torch
-from safetensors import safe_open
 from torch import nn
 from tqdm.auto import tqdm
 
 from newllm.config.training import Phase2Config
-from newllm.evaluation.lm_metrics import LMEval
-from newllm.training.chunked_ce import linear_cross_entropy
 from newllm.data.streams import make_streams
+from newllm.evaluation.lm_metrics import LMEval
 from newllm.recurrence import token_inputs
+from newllm.training.chunked_ce import linear_cross_entropy
+from newllm.training.common import (
+    EarlyStopping,
+    OOMBackoff,
+    accumulate_gradients,
+    autocast,
+    autocast_dtype,
+    clip_and_step,
+    epoch_order,
+    grad_scaler,
+    lr_factor,
+    lr_scheduler,
+)
 from newllm.training.context_cache import ContextCache, build_context_cache
+from newllm.training.phase2_checkpoint import Bundle, initial_state, resumed_state, save
 from newllm.training.planner import MemoryBudget, Phase2Plan, Phase2Workload, phase2_trainable_parameters, plan_phase2
-from newllm.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from newllm.utils.runtime import autocast_dtype
 
-T = TypeVar("T")
-
-# Config fields a resumed run may change: they do not alter the sequence of optimizer updates.
-RESUMABLE_FIELDS = frozenset({
-    "epochs", "patience", "max_steps", "checkpoint_every_steps", "cache_placement", "cache_dir", "memory_safety",
-    "max_oom_halvings", "eval_batch_size", "micro_batch_size", "ce_chunk_tokens",
-})
-
-
-class Phase2MemoryError(RuntimeError):
-    """The device ran out of memory even after halving the micro-batch ``max_oom_halvings`` times."""
+OOM_HINT = ("Lower Phase2Config.micro_batch_size / eval_batch_size, use cache_placement='cpu' or 'disk', "
+            "or cache_dtype='float16'.")
 
 
 @dataclass
@@ -76,52 +72,7 @@ class Phase2Result:
     oom_halvings: int
 
 
-# ------------------------------------------------------------------------------------------- OOM backoff
-
-class OOMBackoff:
-    """Runs ``fn(size)``; on a CUDA out-of-memory error cleans up, halves ``size`` and retries, at most
-    ``max_halvings`` times, then raises Phase2MemoryError. The halved size is kept for later calls."""
-
-    def __init__(self, size: int, max_halvings: int, what: str, halvings: int = 0):
-        self.size = int(size)
-        self.max_halvings = int(max_halvings)
-        self.halvings = int(halvings)
-        self.what = what
-
-    def run(self, fn: Callable[[int], T], cleanup: Callable[[], None]) -> T:
-        tried = []
-        while True:
-            try:
-                return fn(self.size)
-            except torch.cuda.OutOfMemoryError:
-                pass  # handled below, outside the except block, so the failed step's tensors are freed first
-            cleanup()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            tried.append(self.size)
-            if self.halvings >= self.max_halvings or self.size == 1:
-                raise Phase2MemoryError(
-                    f"out of device memory in the {self.what} with {self.size:,} tokens per pass after "
-                    f"{self.halvings} halving(s) (tried {', '.join(f'{s:,}' for s in tried)}). Nothing was lost: "
-                    "the optimizer did not step and the last checkpoint is intact. Lower "
-                    "Phase2Config.micro_batch_size / eval_batch_size, use cache_placement='cpu' or 'disk', "
-                    "or cache_dtype='float16'."
-                ) from None
-            self.size = max(1, self.size // 2)
-            self.halvings += 1
-            warnings.warn(f"{self.what}: out of device memory, retrying with {self.size:,} tokens per pass",
-                          RuntimeWarning, stacklevel=2)
-
-
 # ------------------------------------------------------------------------------------------- forward
-
-def _amp_dtype(cfg_amp: str, device: torch.device) -> Optional[torch.dtype]:
-    return autocast_dtype(device) if cfg_amp == "auto" else None
-
-
-def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
-
 
 def batch_inputs(model, cache: ContextCache, index: Union[torch.Tensor, slice]):
     """(per-layer contexts, token inputs x, targets) of the cached tokens at ``index``, on the model's device.
@@ -147,24 +98,9 @@ def token_loss(
     scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``scale`` x the summed next-token cross-entropy of TokenBlock + head (chunked), and the argmax hits."""
-    with _autocast(x.device, amp_dtype):
+    with autocast(x.device, amp_dtype):
         h = model.token_block(contexts, x)
     return linear_cross_entropy(h, model.head.weight, model.head.bias, targets, ce_chunk_tokens, amp_dtype, scale)
-
-
-def optimizer_step(optimizer: torch.optim.Optimizer, grad_clip: float, lr: float, scaler=None) -> None:
-    """Set the learning rate, clip the gradient norm to ``grad_clip`` and step (through the GradScaler if any)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    if scaler is not None:
-        scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
 
 
 @torch.no_grad()
@@ -181,10 +117,10 @@ def evaluate(
 ) -> LMEval:
     """Loss, perplexity, accuracy (and bits per byte with ``n_bytes``) of ``model`` over every cached token."""
     device = next(model.parameters()).device
-    amp_dtype = _amp_dtype(amp, device)
+    amp_dtype = autocast_dtype(device, amp)
     was_training = model.training
     model.eval()
-    backoff = OOMBackoff(batch_size, max_oom_halvings, "evaluation")
+    backoff = OOMBackoff(batch_size, max_oom_halvings, "evaluation", hint=OOM_HINT)
     loss, correct, start = 0.0, 0, 0
     bar = tqdm(total=len(cache), desc="eval", unit="tok", disable=not progress, leave=False)
 
@@ -215,91 +151,6 @@ def make_adam(params: Sequence[nn.Parameter], lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(params, lr=lr)
-
-
-def _lr_at(cfg: Phase2Config, step: int, total_steps: int) -> float:
-    if cfg.schedule == "cosine":
-        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
-    return cfg.lr
-
-
-def _epoch_order(cfg: Phase2Config, epoch: int, n_tokens: int) -> torch.Tensor:
-    """The token order of an epoch: a permutation seeded by (seed, epoch), or stream order."""
-    if not cfg.shuffle:
-        return torch.arange(n_tokens)
-    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-    return torch.randperm(n_tokens, generator=generator)
-
-
-class _Bundle(nn.Module):
-    """The model plus a copy of the best trainable weights, so both go into one checkpoint file."""
-
-    def __init__(self, model: nn.Module, named: list[tuple[str, nn.Parameter]]):
-        super().__init__()
-        self.model = model
-        self.best = nn.Module()
-        for name, param in named:
-            self.best.register_buffer(name.replace(".", "__"), param.detach().to("cpu", copy=True))
-        self._names = [name for name, _ in named]
-        self._params = [param for _, param in named]
-
-    def keep_best(self) -> None:
-        for name, param in zip(self._names, self._params):
-            getattr(self.best, name.replace(".", "__")).copy_(param.detach())
-
-    def restore_best(self) -> None:
-        with torch.no_grad():
-            for name, param in zip(self._names, self._params):
-                param.copy_(getattr(self.best, name.replace(".", "__")))
-
-
-def previous_checkpoint_path(path: Union[str, Path]) -> Path:
-    """Where the checkpoint before the latest is kept: ``<name>.prev<suffix>``."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.prev{path.suffix}")
-
-
-def _save(path: Path, bundle: _Bundle, optimizer, scaler, state: dict) -> None:
-    """Keep the current file as the previous one (a hard link: no copy), then write the new one atomically."""
-    previous = previous_checkpoint_path(path)
-    if path.exists():
-        staging = previous.with_name(previous.name + ".tmp")
-        if staging.exists():
-            staging.unlink()
-        try:
-            os.link(path, staging)
-        except OSError:
-            shutil.copy2(path, staging)
-        os.replace(staging, previous)
-    save_checkpoint(path, bundle, optimizer, state=state, scaler=scaler)
-
-
-def _load(path: Path, bundle: _Bundle, optimizer, scaler) -> dict:
-    try:
-        return load_checkpoint(path, bundle, optimizer, scaler=scaler)
-    except CheckpointError as exc:
-        previous = previous_checkpoint_path(path)
-        hint = (f" The previous checkpoint {str(previous)!r} is kept: resume from it with "
-                f"checkpoint_path={str(previous)!r}." if previous.exists() else "")
-        raise CheckpointError(f"cannot resume Phase 2: {exc}.{hint}") from None
-
-
-def _check_resumable(saved: dict, cfg: Phase2Config, fingerprints: dict) -> None:
-    if saved.get("kind") != "phase2":
-        raise CheckpointError("this checkpoint was not written by Phase 2 (newllm.training.phase2.train_phase2)")
-    current = cfg.to_dict()
-    changed = sorted(k for k, v in saved["config"].items() if k not in RESUMABLE_FIELDS and current.get(k) != v)
-    if changed:
-        raise CheckpointError(
-            "cannot resume: Phase2Config differs from the checkpoint's in "
-            + ", ".join(f"{k} ({saved['config'][k]!r} -> {current.get(k)!r})" for k in changed)
-            + f"; only {sorted(RESUMABLE_FIELDS)} may change on resume"
-        )
-    if saved["data"] != fingerprints:
-        raise CheckpointError(
-            f"cannot resume: the token streams differ from the checkpoint's ({saved['data']} vs {fingerprints}); "
-            "pass the same train/val ids and streams mode"
-        )
 
 
 def train_phase2(
@@ -346,12 +197,12 @@ def train_phase2(
             param.requires_grad_(id(param) in trainable_ids)
         named = [(name, p) for name, p in model.named_parameters(remove_duplicate=True) if id(p) in trainable_ids]
         optimizer = make_adam([p for _, p in named], cfg.lr)
-        amp_dtype = _amp_dtype(cfg.amp, device)
-        scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-        bundle = _Bundle(model, named)
-        state = _initial_state(cfg, fingerprints)
+        amp_dtype = autocast_dtype(device, cfg.amp)
+        scaler = grad_scaler(device, amp_dtype)
+        bundle = Bundle(model, named)
+        state = initial_state(cfg, fingerprints)
         if resume:
-            state.update(_resumed_state(checkpoint_path, bundle, optimizer, scaler, cfg, fingerprints))
+            state.update(resumed_state(checkpoint_path, bundle, optimizer, scaler, cfg, fingerprints))
 
         if budget is None:
             budget = MemoryBudget.probe(device, cfg.cache_dir)
@@ -362,7 +213,7 @@ def train_phase2(
             print(plan)
         state["batch_size"] = plan.batch_size
         micro = OOMBackoff(state["micro_batch_size"] or plan.micro_batch_size, cfg.max_oom_halvings,
-                           "training step", halvings=state["oom_halvings"])
+                           "training step", halvings=state["oom_halvings"], hint=OOM_HINT)
 
         model.context_block.eval()
         for name, token_streams in (("train", train_streams), ("val", val_streams)):
@@ -379,7 +230,7 @@ def train_phase2(
             bundle.restore_best()
         state["finished"] = True
         if checkpoint_path is not None:
-            _save(checkpoint_path, bundle, optimizer, scaler, state)
+            save(checkpoint_path, bundle, optimizer, scaler, state)
         best = state["best_eval"]
         val = LMEval(**best) if best else evaluate(model, caches["val"], tokenizer_name, val_bytes,
                                                    plan.eval_batch_size, plan.ce_chunk_tokens, cfg.amp)
@@ -393,47 +244,6 @@ def train_phase2(
             cache.close()
         for param in model.parameters():
             param.requires_grad_(flags[id(param)])
-
-
-def _initial_state(cfg: Phase2Config, fingerprints: dict) -> dict:
-    """Everything the loop needs to continue, as JSON: the checkpoint's ``state``."""
-    return {
-        "kind": "phase2", "config": cfg.to_dict(), "data": fingerprints, "epoch": 0, "step_in_epoch": 0,
-        "global_step": 0, "sums": {"loss": 0.0, "correct": 0, "tokens": 0, "seconds": 0.0}, "best_val_loss": None,
-        "best_epoch": 0, "best_eval": None, "bad_epochs": 0, "history": [], "batch_size": None,
-        "micro_batch_size": None, "oom_halvings": 0, "finished": False, "stop_reason": None,
-    }
-
-
-def _resumed_state(path: Path, bundle: _Bundle, optimizer, scaler, cfg: Phase2Config, fingerprints: dict) -> dict:
-    """Validate, then load the checkpoint into the model, best weights and optimizer; {} when there is none yet."""
-    if not path.exists():
-        previous = previous_checkpoint_path(path)
-        if previous.exists():
-            raise CheckpointError(
-                f"no checkpoint at {str(path)!r}, but a previous one exists at {str(previous)!r}: resume from it "
-                f"with checkpoint_path={str(previous)!r}"
-            )
-        return {}  # nothing saved yet: a fresh start
-    _check_resumable(_peek_state(path), cfg, fingerprints)  # before anything is overwritten
-    saved = _load(path, bundle, optimizer, scaler)
-    saved["config"] = cfg.to_dict()
-    return saved
-
-
-def _peek_state(path: Path) -> dict:
-    """The JSON state of a checkpoint, read from its header only."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return json.loads((handle.metadata() or {})["newllm"])["state"]
-    except Exception as exc:  # any unreadable header is the same problem for the user
-        previous = previous_checkpoint_path(path)
-        hint = (f" The previous checkpoint {str(previous)!r} is kept: resume from it with "
-                f"checkpoint_path={str(previous)!r}." if previous.exists() else "")
-        raise CheckpointError(
-            f"cannot resume Phase 2: checkpoint {str(path)!r} is truncated or corrupted "
-            f"({type(exc).__name__}: {exc}).{hint}"
-        ) from None
 
 
 class _Loop:
@@ -452,34 +262,39 @@ class _Loop:
         self.steps_per_epoch = math.ceil(n_train / state["batch_size"])
         total = cfg.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
+        self.scheduler = lr_scheduler(optimizer, cfg.lr, self._lr_factor, start_step=state["global_step"])
+
+    def _lr_factor(self, step: int) -> float:
+        return lr_factor(step, self.cfg.schedule, self.total_steps)
+
+    def _last_lr(self) -> float:
+        """The LR of the last optimizer step taken (the scheduler already holds the next one)."""
+        return self.cfg.lr * self._lr_factor(self.state["global_step"] - 1)
 
     # ---- one optimizer step, redone with a halved micro-batch on OOM
-    def _accumulate(self, index: torch.Tensor, size: int) -> tuple[float, int]:
-        loss_total, correct_total = 0.0, 0
-        for part in index.split(size):
-            if self.before_forward is not None:
-                self.before_forward(int(part.numel()))
-            # the loss comes out already divided by the step's tokens, so backward needs no extra pass
-            loss, hits = token_loss(self.model, *batch_inputs(self.model, self.caches["train"], part),
-                                    min(self.plan.ce_chunk_tokens, size), self.amp_dtype, scale=1.0 / index.numel())
-            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-            loss_total += float(loss.detach()) * index.numel()
-            correct_total += int(hits)
-        return loss_total, correct_total
+    def _part_loss(self, index: torch.Tensor, part: torch.Tensor, size: int) -> tuple[torch.Tensor, tuple]:
+        if self.before_forward is not None:
+            self.before_forward(int(part.numel()))
+        # the loss comes out already divided by the step's tokens, so backward needs no extra pass
+        loss, hits = token_loss(self.model, *batch_inputs(self.model, self.caches["train"], part),
+                                min(self.plan.ce_chunk_tokens, size), self.amp_dtype, scale=1.0 / index.numel())
+        return loss, (float(loss.detach()) * index.numel(), int(hits))
 
     def _step(self, index: torch.Tensor) -> tuple[float, int]:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss, correct = self.micro.run(lambda size: self._accumulate(index, size),
-                                       cleanup=lambda: self.optimizer.zero_grad(set_to_none=True))
-        lr = _lr_at(self.cfg, self.state["global_step"], self.total_steps)
-        optimizer_step(self.optimizer, self.cfg.grad_clip, lr, self.scaler)
+        parts = accumulate_gradients(self.micro, self.optimizer, index,
+                                     lambda part, size: self._part_loss(index, part, size), self.scaler)
+        clip_and_step(self.optimizer, self.cfg.grad_clip, self.scaler)
+        self.scheduler.step()
+        loss, correct = 0.0, 0
+        for part_loss, part_correct in parts:
+            loss, correct = loss + part_loss, correct + part_correct
         return loss, correct
 
     def _checkpoint(self) -> None:
         if self.checkpoint_path is not None:
             self.state["micro_batch_size"] = self.micro.size
             self.state["oom_halvings"] = self.micro.halvings
-            _save(self.checkpoint_path, self.bundle, self.optimizer, self.scaler, self.state)
+            save(self.checkpoint_path, self.bundle, self.optimizer, self.scaler, self.state)
 
     # ---- epochs
     def _budget_spent(self) -> bool:
@@ -493,7 +308,7 @@ class _Loop:
         n_train = len(self.caches["train"])
         while state["epoch"] < cfg.epochs:
             epoch = state["epoch"]
-            batches = _epoch_order(cfg, epoch, n_train).split(state["batch_size"])
+            batches = epoch_order(n_train, cfg.seed, epoch, cfg.shuffle).split(state["batch_size"])
             sums = state["sums"]
             bar = tqdm(total=len(batches), initial=state["step_in_epoch"], desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        unit="step", disable=not self.progress, leave=False)
@@ -516,7 +331,7 @@ class _Loop:
                 bar.set_postfix(loss=f"{loss / index.numel():.3f}")
                 if self.callback is not None:
                     self.callback({"epoch": epoch + 1, "step": step + 1, "global_step": state["global_step"],
-                                   "loss": loss / index.numel(), "lr": self.optimizer.param_groups[0]["lr"]})
+                                   "loss": loss / index.numel(), "lr": self._last_lr()})
             bar.close()
             early_stop = self._end_epoch(epoch, len(batches)) if sums["tokens"] else False
             if self._budget_spent():
@@ -544,23 +359,20 @@ class _Loop:
             "train_bpb": (train_loss * sums["tokens"] / (self.train_bytes * math.log(2))
                           if self.train_bytes and complete else None),
             "val_loss": val.loss, "val_ppl": val.perplexity, "val_acc": val.accuracy, "val_bpb": val.bits_per_byte,
-            "lr": self.optimizer.param_groups[0]["lr"], "train_seconds": sums["seconds"],
+            "lr": self._last_lr(), "train_seconds": sums["seconds"],
             "eval_seconds": eval_seconds, "seconds": sums["seconds"] + eval_seconds,
             "train_tokens_per_s": sums["tokens"] / max(sums["seconds"], 1e-9),
             "eval_tokens_per_s": val.tokens / max(eval_seconds, 1e-9), "tokenizer": val.label,
         }
         state["history"].append(row)
-        improved = state["best_val_loss"] is None or val.loss < state["best_val_loss"]
-        if improved:
+        stopper = EarlyStopping(cfg.patience, best=_inf_if_none(state["best_val_loss"]), wait=state["bad_epochs"])
+        if stopper.update(val.loss):
             state["best_val_loss"] = val.loss
             state["best_epoch"] = epoch + 1
             state["best_eval"] = {k: getattr(val, k) for k in ("loss", "tokens", "correct", "tokenizer",
                                                                 "vocab_size", "n_bytes")}
-            state["bad_epochs"] = 0
             self.bundle.keep_best()
-        else:
-            state["bad_epochs"] += 1
-        stop = state["bad_epochs"] >= cfg.patience
+        state["bad_epochs"] = stopper.wait
         state["epoch"] = epoch + 1
         state["step_in_epoch"] = 0
         state["sums"] = {"loss": 0.0, "correct": 0, "tokens": 0, "seconds": 0.0}
@@ -569,4 +381,8 @@ class _Loop:
         self._checkpoint()
         if self.epoch_callback is not None:
             self.epoch_callback(dict(row))
-        return stop
+        return stopper.should_stop
+
+
+def _inf_if_none(value: Optional[float]) -> float:
+    return math.inf if value is None else value

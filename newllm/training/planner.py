@@ -21,6 +21,9 @@ The seed-003 500-sample case (529,173 train + 58,797 val tokens, 6 layers, 768, 
 22.2 GiB GPU (tests/test_memory.py): planned peak 7.59 GiB (float16 cache on the GPU, 4,096-token micro-batch,
 2,670-token CE chunk), against 13.28 GiB by the original's own rule (``original_required_bytes``) and the
 21.4 GiB it had in use when it died: 35% of the original's peak.
+
+The gated LM's closed-form training estimate (``gated_training_bytes``) is here too: the notebook's size controls
+show it and the gated trainer sizes its batch by it (``gated_batch_size``).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from newllm.config.models import ModelConfig
+from newllm.config.models import GatedLMConfig, ModelConfig
 from newllm.config.training import Phase2Config
 
 GiB = 2**30
@@ -421,6 +424,46 @@ ORIGINAL_500_SAMPLE_PEAK_BYTES = int(21.4 * GiB)  # in use when the seed-003 500
 def original_batch_tokens(gpu_gib: float) -> int:
     """The original's initial batch when phase2_batch_size is None: floor(GPU GiB x 500 x 0.8) (8,864 on an L4)."""
     return int(gpu_gib * 500 * 0.8)
+
+
+# ------------------------------------------------------------------------------------ the gated LM
+
+# The gated trainer keeps every training window on the device (inputs and targets, int64).
+WINDOW_ID_BYTES = 2 * 8
+# Share of free memory a gated run may plan to use (the same safety margin as Phase2Config.memory_safety).
+GATED_MEMORY_SAFETY = Phase2Config().memory_safety
+MAX_GATED_BATCH = 4096
+
+
+def gated_training_bytes(cfg: GatedLMConfig, batch_size: int, window: int, parameters: int,
+                         train_windows: int = 0) -> dict[str, int]:
+    """Closed-form memory of one end-to-end training step of the gated LM, per component (fp32 upper bound).
+
+    weights + gradients + Adam's two moments = 16 bytes per parameter; activations saved for backward per
+    predicted token: the [e; c] input, three tensors per hidden layer (linear output, ReLU, dropout), the
+    context update's ~11 ctx-wide tensors (three projections, two sigmoids, the gated sum, LayerNorm, clamp) and
+    the logits with their gradient; plus the training windows held on the device.
+    """
+    per_token = (cfg.embed_dim + cfg.ctx_dim) + 3 * cfg.num_layers * cfg.hidden_dim + 11 * cfg.ctx_dim \
+        + 2 * cfg.vocab_size
+    return {
+        "weights": 4 * parameters,
+        "gradients": 4 * parameters,
+        "Adam moments": 8 * parameters,
+        "activations (one batch)": 4 * per_token * batch_size * (window - 1),
+        "training windows": WINDOW_ID_BYTES * train_windows * window,
+    }
+
+
+def gated_batch_size(cfg: GatedLMConfig, window: int, parameters: int, available_bytes: float,
+                     train_windows: int = 0, max_batch: int = MAX_GATED_BATCH) -> int:
+    """The largest power of two of windows per batch (1 at least, ``max_batch`` at most) whose estimated training
+    memory (:func:`gated_training_bytes`) fits in ``available_bytes``."""
+    batch = 1
+    while batch * 2 <= max_batch and \
+            sum(gated_training_bytes(cfg, batch * 2, window, parameters, train_windows).values()) <= available_bytes:
+        batch *= 2
+    return batch
 
 
 def format_bytes(nbytes: int) -> str:

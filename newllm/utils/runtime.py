@@ -1,4 +1,4 @@
-"""Devices, precision and seeding: the few decisions every step shares."""
+"""Devices and seeding: the few decisions every run shares (precision: newllm.training.common)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was requested but no CUDA GPU is available; use device='auto' or 'cpu'")
     return resolved
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 on compute capability >= 8.0, fp16 below (use a GradScaler), None (fp32) on CPU."""
-    if device.type != "cuda":
-        return None
-    major, _ = torch.cuda.get_device_capability(device)
-    return torch.bfloat16 if major >= 8 else torch.float16
 
 
 def seed_everything(seed: int) -> None:

@@ -1,0 +1,183 @@
+"""The training core every trainer shares: precision, the OOM backoff, gradient steps, LR schedules, early
+stopping and the epoch order. Phase 2, the gated LM trainer and the baseline trainer all go through it."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Optional, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+SCHEDULES = ("constant", "cosine")
+# Halvings of the micro-batch a trainer without its own setting allows before giving up (Phase 2's default).
+MAX_OOM_HALVINGS = 3
+
+
+# ------------------------------------------------------------------------------------------ precision
+
+def autocast_dtype(device: torch.device, amp: str = "auto") -> Optional[torch.dtype]:
+    """bf16 on compute capability >= 8.0, fp16 below (use a GradScaler), None (fp32) on CPU or with amp="off"."""
+    if amp != "auto" or device.type != "cuda":
+        return None
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    """The autocast context for ``dtype`` on ``device``; a no-op for fp32 (None)."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def grad_scaler(device: torch.device, dtype: Optional[torch.dtype]) -> Optional[torch.amp.GradScaler]:
+    """A GradScaler under fp16 autocast (its gradients underflow without one), else None."""
+    return torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+
+
+# ------------------------------------------------------------------------------------------ OOM backoff
+
+class TrainingMemoryError(RuntimeError):
+    """The device ran out of memory even after halving the micro-batch the allowed number of times."""
+
+
+class OOMBackoff:
+    """Runs ``fn(size)``; on a CUDA out-of-memory error cleans up, halves ``size`` and retries, at most
+    ``max_halvings`` times, then raises TrainingMemoryError (ending with ``hint``). The halved size is kept for
+    later calls."""
+
+    def __init__(self, size: int, max_halvings: int, what: str, halvings: int = 0, unit: str = "tokens",
+                 hint: str = ""):
+        self.size = int(size)
+        self.max_halvings = int(max_halvings)
+        self.halvings = int(halvings)
+        self.what = what
+        self.unit = unit
+        self.hint = hint
+
+    def run(self, fn: Callable[[int], T], cleanup: Callable[[], None]) -> T:
+        tried = []
+        while True:
+            try:
+                return fn(self.size)
+            except torch.cuda.OutOfMemoryError:
+                pass  # handled below, outside the except block, so the failed step's tensors are freed first
+            cleanup()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            tried.append(self.size)
+            if self.halvings >= self.max_halvings or self.size == 1:
+                raise TrainingMemoryError(
+                    f"out of device memory in the {self.what} with {self.size:,} {self.unit} per pass after "
+                    f"{self.halvings} halving(s) (tried {', '.join(f'{s:,}' for s in tried)}). Nothing was lost: "
+                    f"the optimizer did not step and the last checkpoint is intact. {self.hint}".rstrip()
+                ) from None
+            self.size = max(1, self.size // 2)
+            self.halvings += 1
+            warnings.warn(f"{self.what}: out of device memory, retrying with {self.size:,} {self.unit} per pass",
+                          RuntimeWarning, stacklevel=2)
+
+
+# ------------------------------------------------------------------------------------------ gradient steps
+
+def accumulate_gradients(
+    backoff: OOMBackoff,
+    optimizer: torch.optim.Optimizer,
+    index: torch.Tensor,
+    part_loss: Callable[[torch.Tensor, int], tuple[torch.Tensor, T]],
+    scaler: Optional[torch.amp.GradScaler] = None,
+) -> list[T]:
+    """Gradients of one optimizer step over the items ``index``, in micro-batches of ``backoff.size`` items.
+
+    ``part_loss(part, size)`` returns (the part's loss, already scaled to its share of the step, and what the
+    caller wants back). On OOM the gradients are zeroed and the whole step is redone with half the micro-batch,
+    so a step never counts a part twice. Returns the parts' results.
+    """
+    def run(size: int) -> list[T]:
+        results = []
+        for part in index.split(size):
+            loss, result = part_loss(part, size)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            results.append(result)
+        return results
+
+    optimizer.zero_grad(set_to_none=True)
+    return backoff.run(run, cleanup=lambda: optimizer.zero_grad(set_to_none=True))
+
+
+def clip_and_step(optimizer: torch.optim.Optimizer, max_norm: float,
+                  scaler: Optional[torch.amp.GradScaler] = None) -> None:
+    """Clip the gradient norm of the optimizer's parameters to ``max_norm`` and step (through the GradScaler if
+    any, unscaling first so the norm is the true one)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
+# ------------------------------------------------------------------------------------------ LR schedules
+
+def lr_factor(step: int, schedule: str, decay_steps: int, warmup_steps: int = 0, final: float = 0.0) -> float:
+    """The LR multiplier at 0-based ``step``: linear warm-up over ``warmup_steps``, then 1 ("constant") or a
+    cosine from 1 to ``final`` reached ``decay_steps`` after the warm-up and held from there ("cosine")."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r} must be 'constant' or 'cosine'")
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant" or decay_steps <= 0:
+        return 1.0
+    progress = min(step - warmup_steps, decay_steps) / decay_steps
+    return final + (1 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, base_lr: float, factor: Callable[[int], float],
+                 start_step: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR giving ``base_lr * factor(step)``, positioned at ``start_step`` (a resumed run's next update):
+    the groups' LR is set for that step now; call ``step()`` after every optimizer step."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] = base_lr  # what LambdaLR scales; a loaded optimizer state may hold another LR
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch=start_step - 1)
+
+
+# ------------------------------------------------------------------------------------------ epochs
+
+def epoch_order(n_items: int, seed: int, epoch: int, shuffle: bool = True) -> torch.Tensor:
+    """The item order of ``epoch``: a permutation that depends on (seed, epoch) only, so a resumed run
+    reproduces it; stream order without ``shuffle``."""
+    if not shuffle:
+        return torch.arange(n_items)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n_items, generator=generator)
+
+
+@dataclass
+class EarlyStopping:
+    """Stop after ``patience`` evaluations without the validation loss dropping below ``best - min_delta``."""
+
+    patience: int
+    min_delta: float = 0.0
+    best: float = math.inf
+    wait: int = 0
+
+    @property
+    def should_stop(self) -> bool:
+        return self.wait >= self.patience
+
+    def update(self, loss: float) -> bool:
+        """Record one validation loss; True when it counts as an improvement."""
+        if loss < self.best - self.min_delta:
+            self.best, self.wait = loss, 0
+            return True
+        self.wait += 1
+        return False
+
+    def state(self) -> dict:
+        return {"best": self.best, "wait": self.wait}

@@ -1,0 +1,161 @@
+"""The shared training core: LR schedules against the trainers' former closed forms, the OOM backoff, the
+epoch order, precision and the gated LM's batch size from the memory estimate."""
+
+import math
+
+import pytest
+import torch
+
+from newllm.config.models import GatedLMConfig
+from newllm.training.common import (
+    EarlyStopping,
+    OOMBackoff,
+    TrainingMemoryError,
+    accumulate_gradients,
+    autocast_dtype,
+    clip_and_step,
+    epoch_order,
+    grad_scaler,
+    lr_factor,
+    lr_scheduler,
+)
+from newllm.training.planner import gated_batch_size, gated_training_bytes
+
+# ------------------------------------------------------------------ the former closed forms (the reference)
+
+def old_phase2_lr(lr: float, schedule: str, step: int, total_steps: int) -> float:  # phase2._lr_at
+    if schedule == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    return lr
+
+
+def old_gated_lr(base_lr: float, schedule: str, update: int, total_updates: int) -> float:  # gated.learning_rate_at
+    if schedule == "constant":
+        return base_lr
+    progress = min(update / max(total_updates, 1), 1.0)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def old_baseline_factor(step: int, total: int, warmup: int, schedule: str) -> float:  # lm_baseline._lr_factor
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup + 1:
+        return 1.0
+    progress = (step - warmup) / (total - warmup - 1)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def scheduler_lrs(base_lr: float, factor, steps: int, start_step: int = 0) -> list[float]:
+    """The LR each optimizer step uses under lr_scheduler, read before the step as a trainer does."""
+    param = torch.nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.SGD([param], lr=123.0)  # the scheduler, not this LR, decides
+    scheduler = lr_scheduler(optimizer, base_lr, factor, start_step)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        param.grad = torch.ones(3)
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+@pytest.mark.parametrize("total", [1, 7, 40])
+def test_phase2_and_gated_schedules_equal_the_old_formulas_step_by_step(schedule, total):
+    lr = 3e-4
+    lrs = scheduler_lrs(lr, lambda s: lr_factor(s, schedule, total), total + 3)  # past the end: held
+    assert lrs == [old_gated_lr(lr, schedule, s, total) for s in range(total + 3)]
+    # Phase 2 took pi * step / total, the gated trainer pi * (step / total): the two differed in the last bit
+    assert lrs == pytest.approx([old_phase2_lr(lr, schedule, s, total) for s in range(total + 3)], rel=1e-14, abs=0)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+@pytest.mark.parametrize("steps,warmup", [(50, 5), (10, 1), (3, 2), (2, 2), (30, 0)])
+def test_baseline_schedule_equals_the_old_formula_step_by_step(schedule, steps, warmup):
+    lr = 1e-3
+    lrs = scheduler_lrs(lr, lambda s: lr_factor(s, schedule, steps - warmup - 1, warmup, final=0.1), steps)
+    assert lrs == [lr * old_baseline_factor(s, steps, warmup, schedule) for s in range(steps)]
+
+
+def test_a_resumed_scheduler_continues_the_same_lrs():
+    factor = lambda s: lr_factor(s, "cosine", 20)  # noqa: E731
+    assert scheduler_lrs(1e-3, factor, 12, start_step=8) == scheduler_lrs(1e-3, factor, 20)[8:]
+
+
+def test_unknown_schedule_is_refused():
+    with pytest.raises(ValueError, match="constant' or 'cosine"):
+        lr_factor(0, "linear", 10)
+
+
+# ------------------------------------------------------------------------------------------ OOM backoff
+
+def test_backoff_halves_and_redoes_the_step_on_an_injected_oom():
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(4))
+    data = torch.randn(32, 4)
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    sizes = []
+
+    def part_loss(part, size):
+        sizes.append(len(part))
+        if len(part) > 8:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return (data[part] @ weight).pow(2).sum() / len(data), len(part)
+
+    backoff = OOMBackoff(32, max_halvings=3, what="unit step", unit="rows")
+    with pytest.warns(RuntimeWarning, match="retrying with (16|8) rows"):
+        parts = accumulate_gradients(backoff, optimizer, torch.arange(32), part_loss)
+    assert sizes == [32, 16, 8, 8, 8, 8] and parts == [8, 8, 8, 8]
+    assert backoff.size == 8 and backoff.halvings == 2
+    expected = 2 * (data @ weight.detach())[:, None].mul(data).sum(0) / len(data)
+    assert torch.allclose(weight.grad, expected, atol=1e-6)  # each part counted once: the failed tries left nothing
+    before = weight.detach().clone()
+    clip_and_step(optimizer, max_norm=1e9)  # one step, on the accumulated gradient
+    assert torch.allclose(weight.detach(), before - 0.1 * expected, atol=1e-6)
+
+
+def test_backoff_gives_up_with_the_hint():
+    def always(size):
+        raise torch.OutOfMemoryError("injected")
+
+    backoff = OOMBackoff(4, max_halvings=1, what="unit step", hint="Lower the batch.")
+    with pytest.warns(RuntimeWarning), pytest.raises(TrainingMemoryError, match="tried 4, 2.*Lower the batch"):
+        backoff.run(always, cleanup=lambda: None)
+
+
+# ------------------------------------------------------------------------------------------ epochs, stopping
+
+def test_epoch_order_is_a_seeded_permutation():
+    first = epoch_order(100, seed=7, epoch=0)
+    assert sorted(first.tolist()) == list(range(100))
+    assert torch.equal(first, epoch_order(100, seed=7, epoch=0))
+    assert not torch.equal(first, epoch_order(100, seed=7, epoch=1))
+    assert not torch.equal(first, epoch_order(100, seed=8, epoch=0))
+    assert epoch_order(4, seed=7, epoch=3, shuffle=False).tolist() == [0, 1, 2, 3]
+
+
+def test_early_stopping_without_min_delta_counts_strict_improvements():
+    stopper = EarlyStopping(patience=2)
+    assert [stopper.update(x) for x in (3.0, 3.0, 2.5, 2.6, 2.5)] == [True, False, True, False, False]
+    assert stopper.should_stop and stopper.state() == {"best": 2.5, "wait": 2}
+
+
+# ------------------------------------------------------------------------------------------ precision, memory
+
+def test_precision_on_cpu_is_fp32_without_a_scaler():
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu) is None and autocast_dtype(cpu, "off") is None
+    assert grad_scaler(cpu, None) is None and grad_scaler(cpu, torch.bfloat16) is None
+
+
+def test_gated_batch_size_is_the_largest_power_of_two_that_fits():
+    cfg = GatedLMConfig(ctx_dim=64, num_layers=2, vocab_size=400)
+    params = 100_000
+
+    def peak(batch):
+        return sum(gated_training_bytes(cfg, batch, 64, params).values())
+
+    assert gated_batch_size(cfg, 64, params, peak(256)) == 256
+    assert gated_batch_size(cfg, 64, params, peak(256) - 1) == 128
+    assert gated_batch_size(cfg, 64, params, peak(256), max_batch=64) == 64
+    assert gated_batch_size(cfg, 64, params, 0) == 1
