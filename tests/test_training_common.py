@@ -16,6 +16,7 @@ from newllm.training.common import (
     clip_and_step,
     epoch_order,
     grad_scaler,
+    is_out_of_memory,
     lr_factor,
     lr_scheduler,
 )
@@ -121,6 +122,59 @@ def test_backoff_gives_up_with_the_hint():
     backoff = OOMBackoff(4, max_halvings=1, what="unit step", hint="Lower the batch.")
     with pytest.warns(RuntimeWarning), pytest.raises(TrainingMemoryError, match="tried 4, 2.*Lower the batch"):
         backoff.run(always, cleanup=lambda: None)
+
+
+CUBLAS_OOM = RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory (injected)"), CUBLAS_OOM],
+                         ids=["OutOfMemoryError", "cublas"])
+def test_both_kinds_of_oom_are_backed_off(error):
+    calls = []
+
+    def step(size):
+        calls.append(size)
+        if size > 2:
+            raise error
+        return size
+
+    with pytest.warns(RuntimeWarning):
+        assert OOMBackoff(8, max_halvings=3, what="unit step").run(step, cleanup=lambda: None) == 2
+    assert calls == [8, 4, 2]
+
+
+def test_other_runtime_errors_are_not_taken_for_oom():
+    def step(size):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        OOMBackoff(8, max_halvings=3, what="unit step").run(step, cleanup=lambda: None)
+    assert is_out_of_memory(CUBLAS_OOM) and not is_out_of_memory(ValueError("out of memory"))
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("injected"), CUBLAS_OOM], ids=["OutOfMemoryError", "cublas"])
+def test_the_optimizer_step_is_retried_once_after_an_oom(error, monkeypatch):
+    weight = torch.nn.Parameter(torch.ones(3))
+    weight.grad = torch.ones(3)
+    optimizer = torch.optim.Adam([weight], lr=0.1)
+    real_step, failures = optimizer.step, []
+
+    def flaky_step(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise error
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(optimizer, "step", flaky_step)
+    clip_and_step(optimizer, max_norm=1e9)
+    assert failures == [1] and torch.allclose(weight.detach(), torch.full((3,), 0.9))
+
+    def always(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(optimizer, "step", always)
+    with pytest.raises(TrainingMemoryError, match="optimizer step"):
+        clip_and_step(optimizer, max_norm=1e9)
 
 
 # ------------------------------------------------------------------------------------------ epochs, stopping

@@ -44,6 +44,24 @@ class TrainingMemoryError(RuntimeError):
     """The device ran out of memory even after halving the micro-batch the allowed number of times."""
 
 
+# Allocation failures that reach Python as a plain RuntimeError instead of torch.OutOfMemoryError
+_OOM_MESSAGES = ("CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", "CUDA error: out of memory")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for a device out-of-memory error: torch.OutOfMemoryError, or the RuntimeError cuBLAS / cuDNN raise
+    when their workspace cannot be allocated."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in _OOM_MESSAGES)
+
+
+def free_device_memory() -> None:
+    """Return the caching allocator's free blocks to the device (after an OOM, before measuring free memory)."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class OOMBackoff:
     """Runs ``fn(size)``; on a CUDA out-of-memory error cleans up, halves ``size`` and retries, at most
     ``max_halvings`` times, then raises TrainingMemoryError (ending with ``hint``). The halved size is kept for
@@ -63,11 +81,12 @@ class OOMBackoff:
         while True:
             try:
                 return fn(self.size)
-            except torch.cuda.OutOfMemoryError:
-                pass  # handled below, outside the except block, so the failed step's tensors are freed first
+            except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError too
+                if not is_out_of_memory(error):
+                    raise
+            # handled here, outside the except block, so the failed step's tensors are freed first
             cleanup()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            free_device_memory()
             tried.append(self.size)
             if self.halvings >= self.max_halvings or self.size == 1:
                 raise TrainingMemoryError(
@@ -111,16 +130,33 @@ def accumulate_gradients(
 def clip_and_step(optimizer: torch.optim.Optimizer, max_norm: float,
                   scaler: Optional[torch.amp.GradScaler] = None) -> None:
     """Clip the gradient norm of the optimizer's parameters to ``max_norm`` and step (through the GradScaler if
-    any, unscaling first so the norm is the true one)."""
+    any, unscaling first so the norm is the true one).
+
+    Adam allocates its state at the first step, the largest allocation after the forward pass: if the device runs
+    out of memory there, the allocator's free blocks are released and the step is tried once more (the gradients
+    are intact, and torch's optimizers allocate a parameter group's state before updating it: the kit's trainers
+    use one group), then TrainingMemoryError."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if scaler is not None:
         scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(params, max_norm)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
+    for attempt in range(2):
+        try:
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            return
+        except RuntimeError as error:
+            if not is_out_of_memory(error):
+                raise
+        free_device_memory()
+    raise TrainingMemoryError(
+        "out of device memory in the optimizer step (Adam's state needs two parameter-sized buffers) even after "
+        "releasing the allocator's cache: train fewer parameters, use a smaller model, or free GPU memory held "
+        "elsewhere (e.g. another notebook's kernel)."
+    )
 
 
 # ------------------------------------------------------------------------------------------ LR schedules
