@@ -139,6 +139,28 @@ def test_build_writes_in_chunks_never_the_whole_stream(monkeypatch):
     assert len(sizes) >= streams.n_tokens // 50 and max(sizes) <= 50 and sum(sizes) == streams.n_tokens
 
 
+def test_build_backs_off_a_device_oom_and_fills_the_same_cache(monkeypatch):
+    model = tiny_model()
+    streams = make_streams(documents(), "concat")
+    reference = build_context_cache(model, streams, method="loop", batch_tokens=64, progress=False)
+    expected = reference.rows(slice(None)).clone()
+    reference.close()
+    original, sizes = ContextCache.write, []
+
+    def failing(self, start, per_layer):
+        sizes.append(per_layer[0].shape[0])
+        if per_layer[0].shape[0] > 16:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        original(self, start, per_layer)
+
+    monkeypatch.setattr(ContextCache, "write", failing)
+    with pytest.warns(RuntimeWarning, match="context cache build: out of device memory, retrying with (32|16) tokens"):
+        cache = build_context_cache(model, streams, method="loop", batch_tokens=64, progress=False)
+    assert cache.build_info["batch_tokens"] == 16 and max(sizes[2:]) <= 16
+    assert torch.allclose(cache.rows(slice(None)), expected, atol=1e-6)
+    cache.close()
+
+
 # ------------------------------------------------------------------------------------------- storage
 
 def test_disk_cache_file_lifecycle(tmp_path):

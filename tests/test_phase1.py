@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -341,3 +342,40 @@ def test_phase1_reports_the_trained_maps_forgetting_length():
     x = model.embed_tokens(ids[:FORGETTING_PROBE_TOKENS]).detach()
     assert result.forgetting_tokens == forgetting_tokens(model.context_block, x, cfg().tol, seed=cfg().seed)
     assert result.forgetting_tokens is None or 1 <= result.forgetting_tokens <= FORGETTING_PROBE_TOKENS
+
+
+def test_phase1_backs_off_a_device_oom_in_the_step_and_the_recurrence(monkeypatch):
+    import newllm.training.phase1 as phase1_module
+
+    torch.manual_seed(0)
+    model = CVFPModel(ModelConfig(vocab_size=50, ctx_dim=16, embed_dim=16, num_layers=2, embedding="random"))
+    ids = torch.randint(0, 50, (120,))
+    cfg = Phase1Config(solver="sequential", max_iterations=3, min_iterations=3, chunk_size=64, recurrence="loop")
+    reference = train_phase1(copy.deepcopy(model), ids, cfg, progress=False)
+
+    real_step, real_eval = phase1_module.accumulate_phase1_gradients, phase1_module.evaluate_contexts
+    chunks, rows = [], []
+
+    def step(*args):
+        chunks.append(args[6])
+        if args[6] > 32:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_step(*args)
+
+    def evaluate(*args, **kwargs):
+        rows.append(kwargs["max_rows"])
+        if kwargs["max_rows"] > 32:
+            raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasSgemm`")
+        return real_eval(*args, **kwargs)
+
+    monkeypatch.setattr(phase1_module, "accumulate_phase1_gradients", step)
+    monkeypatch.setattr(phase1_module, "evaluate_contexts", evaluate)
+    with pytest.warns(RuntimeWarning, match="out of device memory"):
+        result = train_phase1(copy.deepcopy(model), ids, cfg, progress=False)
+    assert chunks[:2] == [64, 32] and set(chunks[2:]) == {32}  # halved once, then kept
+    assert rows[:3] == [128, 64, 32] and set(rows[3:]) == {32}
+    # chunked gradients and batched rows are exact: the first step's loss and gradient are those without the OOMs
+    # (later iterations differ by rounding that Adam's sign-like first update amplifies to ~lr)
+    for column in ("loss", "grad_norm", "cvfp", "diversity"):
+        assert result.history[column].iloc[1] == pytest.approx(reference.history[column].iloc[1], rel=1e-5)
+    assert result.iterations == reference.iterations

@@ -36,6 +36,7 @@ from newllm.recurrence.solvers import (
     DEFAULT_BURN_IN,
     METHODS,
     auto_segment_len,
+    default_max_rows,
     evaluate_contexts,
     evaluate_streams,
     forgetting_tokens,
@@ -46,4 +47,4 @@ from newllm.recurrence.solvers import (
 
 __all__ = ['evaluate_contexts', 'evaluate_streams', 'METHODS', 'DEFAULT_BURN_IN', 'RecurrenceResult', 'TokenInputs',
            'EmbeddedStreams', 'token_inputs', 'pad_streams', 'valid_mask', 'token_loop', 'parallel_sweeps',
-           'segment_contexts', 'auto_segment_len', 'forgetting_tokens']
+           'segment_contexts', 'auto_segment_len', 'forgetting_tokens', 'default_max_rows']

@@ -165,6 +165,11 @@ def _synchronize(device: torch.device) -> None:
 
 # ------------------------------------------------------------------------------------------ (c) segments
 
+def default_max_rows(device_type: str) -> int:
+    """Rows per batched step of the segments method when not given (bounds the memory of one window group)."""
+    return _DEFAULT_MAX_ROWS.get(device_type, _DEFAULT_MAX_ROWS["cpu"])
+
+
 def auto_segment_len(tokens: int, burn_in: int, device_type: str = "cpu") -> int:
     """Segment length minimising (L + burn_in) * (a + c * tokens / L): L = sqrt(burn_in * tokens * c / a).
 
@@ -212,7 +217,7 @@ def segment_contexts(
     inputs, context = as_token_inputs(block, x, context)
     batch, steps = inputs.batch, inputs.steps
     device_type = inputs.device.type
-    max_rows = max_rows or _DEFAULT_MAX_ROWS.get(device_type, _DEFAULT_MAX_ROWS["cpu"])
+    max_rows = max_rows or default_max_rows(device_type)
     seg = segment_len or auto_segment_len(batch * steps, burn_in, device_type)
     width = seg + burn_in
     store = stored_layers(block, all_layers)

@@ -140,7 +140,13 @@ def clip_and_step(optimizer: torch.optim.Optimizer, max_norm: float,
     if scaler is not None:
         scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(params, max_norm)
-    for attempt in range(2):
+    step_optimizer(optimizer, scaler)
+
+
+def step_optimizer(optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler] = None) -> None:
+    """``optimizer.step()`` (through the GradScaler if any), tried once more after a device OOM (see
+    :func:`clip_and_step`), then TrainingMemoryError."""
+    for _ in range(2):
         try:
             if scaler is not None:
                 scaler.step(optimizer)

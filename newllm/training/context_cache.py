@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from newllm.data.streams import TokenStreams, valid_mask
 from newllm.recurrence import evaluate_contexts, token_inputs
+from newllm.training.common import OOMBackoff
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _NUMPY_STORAGE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}  # bf16: bit pattern
@@ -196,6 +197,9 @@ def _groups(pieces: list[tuple[int, int, int]], batch_tokens: int) -> list[list[
     return groups
 
 
+BUILD_OOM_HALVINGS = 6
+
+
 def build_context_cache(
     model,
     streams: TokenStreams,
@@ -225,11 +229,18 @@ def build_context_cache(
     model.check_ids(streams.inputs)
     cache = ContextCache(streams, model.context_block.dims, dtype, placement, device, cache_dir, name)
     started = time.perf_counter()
+    # a device OOM halves the tokens evaluated together and refills the cache from the start
+    backoff = OOMBackoff(batch_tokens, BUILD_OOM_HALVINGS, what="context cache build", unit="tokens",
+                         hint="Pass a smaller batch_tokens, or place the cache on the CPU (Phase2Config.cache_placement).")
     try:
-        info = _fill(model, cache, streams, device, method, tol, burn_in, segment_tokens, batch_tokens, progress)
+        info = backoff.run(
+            lambda size: _fill(model, cache, streams, device, method, tol, burn_in, segment_tokens, size, progress),
+            cleanup=lambda: None,
+        )
     except BaseException:
         cache.close()
         raise
+    batch_tokens = backoff.size
     cache.flush()
     seconds = time.perf_counter() - started
     info.update(build_seconds=seconds, build_us_per_token=1e6 * seconds / max(1, streams.n_tokens), tol=tol,

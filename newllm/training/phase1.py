@@ -42,9 +42,17 @@ from newllm.data.corpus import CorpusSplit
 from newllm.data.streams import StreamsInput, TokenStreams, make_streams
 from newllm.evaluation.context_metrics import ContextMetrics, context_metrics, convergence_rate, effective_rank
 from newllm.models.cvfp import ContextBlock, CVFPModel
-from newllm.recurrence import EmbeddedStreams, RecurrenceResult, evaluate_contexts, forgetting_tokens
+from newllm.recurrence import (
+    EmbeddedStreams,
+    RecurrenceResult,
+    default_max_rows,
+    evaluate_contexts,
+    forgetting_tokens,
+)
+from newllm.training.common import OOMBackoff, step_optimizer
 
 RANDOM_FIRST_PASS_STD = 0.01
+PHASE1_OOM_HALVINGS = 6  # rows of the recurrence / tokens per chunk can fall to 1/64 before Phase 1 gives up
 FORGETTING_PROBE_TOKENS = 256  # tokens of the first training stream the forgetting length is measured on
 
 
@@ -174,16 +182,29 @@ def prepare_streams(
 
 
 def exact_contexts(
-    block: ContextBlock, streams: EmbeddedStreams, cfg: Phase1Config, initial: Optional[torch.Tensor] = None
+    block: ContextBlock, streams: EmbeddedStreams, cfg: Phase1Config, initial: Optional[torch.Tensor] = None,
+    backoff: Optional[OOMBackoff] = None,
 ) -> tuple[torch.Tensor, RecurrenceResult]:
     """Carried contexts [N, ctx_dim] of the exact recurrence under the block's current weights (no gradients);
-    ``initial`` [N, ctx_dim] is a guess (e.g. the previous iteration's) the parallel methods may start from."""
+    ``initial`` [N, ctx_dim] is a guess (e.g. the previous iteration's) the parallel methods may start from.
+    ``backoff`` (see :func:`contexts_backoff`) halves the rows of each batched step on a device OOM."""
     guess = None if initial is None else streams.to_padded(initial)
-    result = evaluate_contexts(
-        block, streams.token_inputs(block), None, method=cfg.recurrence, tol=cfg.tol, initial=guess,
-        lengths=streams.padded_lengths(), all_layers=False,
-    )
+
+    def run(max_rows: Optional[int]) -> RecurrenceResult:
+        return evaluate_contexts(
+            block, streams.token_inputs(block), None, method=cfg.recurrence, tol=cfg.tol, initial=guess,
+            lengths=streams.padded_lengths(), all_layers=False, max_rows=max_rows,
+        )
+
+    result = run(None) if backoff is None else backoff.run(run, cleanup=lambda: None)
     return streams.to_flat(result.final), result
+
+
+def contexts_backoff(device: torch.device) -> OOMBackoff:
+    """The OOM backoff of the exact recurrence: rows per batched step, halved on a device OOM."""
+    return OOMBackoff(default_max_rows(device.type), PHASE1_OOM_HALVINGS, what="Phase-1 exact recurrence",
+                      unit="rows",
+                      hint="Use Phase1Config.recurrence='segments' (batched windows) or train on fewer tokens.")
 
 
 def jacobi_sweep(block: ContextBlock, streams: EmbeddedStreams, contexts: torch.Tensor) -> torch.Tensor:
@@ -257,6 +278,11 @@ def train_phase1(
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     sweeps_per_step = cfg.sweeps_per_step or 1
+    # a device OOM halves the chunk of the gradient step or the rows of the recurrence and redoes it (the chunked
+    # loss and gradients equal the unchunked ones); the halved sizes are kept for the iterations that follow
+    step_backoff = OOMBackoff(cfg.chunk_size or streams.n_tokens, PHASE1_OOM_HALVINGS, what="Phase-1 step",
+                              unit="tokens", hint="Lower Phase1Config.chunk_size or train on fewer tokens.")
+    recurrence_backoff = contexts_backoff(device)
     rows: list[dict] = []
     bar = tqdm(total=cfg.max_iterations, desc=f"Phase 1 ({cfg.solver})", unit="it", disable=not progress)
 
@@ -280,7 +306,7 @@ def train_phase1(
         began = time.perf_counter()
         exact_now = cfg.first_pass == "exact"  # True while ``previous`` is the exact recurrence under current weights
         if exact_now:
-            previous, info = exact_contexts(block, streams, cfg)
+            previous, info = exact_contexts(block, streams, cfg, backoff=recurrence_backoff)
             method, sweeps = info.method, info.sweeps
         else:
             previous = RANDOM_FIRST_PASS_STD * torch.randn(
@@ -302,7 +328,7 @@ def train_phase1(
                     current = previous
                     method, sweeps = "reused", 0
                 else:
-                    current, info = exact_contexts(block, streams, cfg, initial=previous)
+                    current, info = exact_contexts(block, streams, cfg, initial=previous, backoff=recurrence_backoff)
                     method, sweeps = info.method, info.sweeps
                 incoming = streams.shift(current)
             else:
@@ -317,9 +343,12 @@ def train_phase1(
                     )
             target = fixed_target if fixed_target is not None else previous
             optimizer.zero_grad(set_to_none=True)
-            stats = accumulate_phase1_gradients(
-                block, incoming, streams.distinct, target, cfg.dist_reg_weight, cfg.diversity, cfg.chunk_size,
-                streams.token_index,
+            stats = step_backoff.run(
+                lambda chunk: accumulate_phase1_gradients(
+                    block, incoming, streams.distinct, target, cfg.dist_reg_weight, cfg.diversity, chunk,
+                    streams.token_index,
+                ),
+                cleanup=lambda: optimizer.zero_grad(set_to_none=True),
             )
             if not math.isfinite(stats.loss):
                 optimizer.zero_grad(set_to_none=True)
@@ -328,7 +357,7 @@ def train_phase1(
             if not math.isfinite(grad_norm):
                 optimizer.zero_grad(set_to_none=True)
                 raise _non_finite_error(iteration, "gradient norm", stats, cfg)
-            optimizer.step()
+            step_optimizer(optimizer)
             exact_now = False
             ratio = convergence_rate(stats.outputs, previous, cfg.convergence_threshold)
             previous = stats.outputs
@@ -342,14 +371,14 @@ def train_phase1(
         bar.close()
 
     if cfg.final_contexts == "exact":
-        contexts, _ = exact_contexts(block, streams, cfg, initial=previous)
+        contexts, _ = exact_contexts(block, streams, cfg, initial=previous, backoff=recurrence_backoff)
     else:
         contexts = previous
     train_metrics = context_metrics(contexts, streams.lengths, max_rows=cfg.er_max_rows, seed=cfg.seed)
     val_contexts, val_metrics = None, None
     if val_ids is not None:
         val_streams = prepare_streams(model, val_ids, cfg.streams)
-        val_contexts, _ = exact_contexts(block, val_streams, cfg)
+        val_contexts, _ = exact_contexts(block, val_streams, cfg, backoff=recurrence_backoff)
         val_metrics = context_metrics(val_contexts, val_streams.lengths, max_rows=cfg.er_max_rows, seed=cfg.seed)
     probe = streams.x[: min(FORGETTING_PROBE_TOKENS, streams.lengths[0])]
     forgetting = forgetting_tokens(block, probe, cfg.tol, seed=cfg.seed)
