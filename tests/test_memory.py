@@ -132,3 +132,27 @@ def test_budget_probe_and_validation():
         MemoryBudget("tpu", 0, 0, 1, 1, 1)
     with pytest.raises(ValueError, match="host_available"):
         MemoryBudget("cpu", 0, 0, 1, -1, 1)
+
+
+def test_the_probe_frees_cached_blocks_first_and_counts_resident_weights_as_free(monkeypatch):
+    from newllm.training.planner import device_bytes
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: calls.append("mem_get_info") or (3 * GiB, 16 * GiB))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "fake T4")
+    budget = MemoryBudget.probe(torch.device("cuda"), resident_bytes=GiB)
+    assert calls == ["empty_cache", "mem_get_info"]  # what Phase 1 freed is counted as free
+    assert budget.device_free == 4 * GiB and budget.device_total == 16 * GiB
+    model = torch.nn.Linear(10, 4)  # 44 fp32 values on the CPU
+    assert device_bytes(model, torch.device("cpu")) == 44 * 4 and device_bytes(model, torch.device("cuda")) == 0
+
+
+def test_the_plan_lists_the_bounded_context_metrics():
+    from newllm.evaluation.context_metrics import context_metrics_bytes
+
+    cfg = ModelConfig(vocab_size=1000, ctx_dim=64, embed_dim=64, num_layers=2, embedding="random")
+    work = Phase2Workload.from_config(cfg, 10_000, 1_000)
+    plan = plan_phase2(work, Phase2Config(), MemoryBudget.simulated(None, host_gib=8))
+    row = plan.table()[lambda t: t["component"] == "context metrics (bounded)"]
+    assert len(row) == 1 and row["GiB"].iloc[0] * GiB == pytest.approx(context_metrics_bytes(64))

@@ -76,7 +76,7 @@ from newllm.training.gated_state import (
     state_to_json,
     write_progress,
 )
-from newllm.training.planner import GATED_MEMORY_SAFETY, MAX_GATED_BATCH, MemoryBudget, gated_batch_size
+from newllm.training.planner import GATED_MEMORY_SAFETY, MAX_GATED_BATCH, MemoryBudget, device_bytes, gated_batch_size
 from newllm.utils.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from newllm.utils.io import atomic_write_text
 from newllm.utils.runs import original_run_name
@@ -152,8 +152,8 @@ def choose_batch_size(
     if device.type != "cuda":
         return CPU_BATCH_SIZE
     parameters = parameter_count(model)
-    # the model is on the device already: its weights are in the estimate but no longer in the free memory
-    available = memory_share * MemoryBudget.probe(device).device_free + 4 * parameters
+    # the model is on the device already: its weights are in the estimate, so the probe counts them as free
+    available = memory_share * MemoryBudget.probe(device, resident_bytes=device_bytes(model, device)).device_free
     return gated_batch_size(model.cfg, window, parameters, available, train_windows, max_batch)
 
 

@@ -51,7 +51,14 @@ from newllm.training.common import (
 )
 from newllm.training.context_cache import ContextCache, build_context_cache
 from newllm.training.phase2_checkpoint import Bundle, initial_state, resumed_state, save
-from newllm.training.planner import MemoryBudget, Phase2Plan, Phase2Workload, phase2_trainable_parameters, plan_phase2
+from newllm.training.planner import (
+    MemoryBudget,
+    Phase2Plan,
+    Phase2Workload,
+    device_bytes,
+    phase2_trainable_parameters,
+    plan_phase2,
+)
 
 OOM_HINT = ("Lower Phase2Config.micro_batch_size / eval_batch_size, use cache_placement='cpu' or 'disk', "
             "or cache_dtype='float16'.")
@@ -205,7 +212,7 @@ def train_phase2(
             state.update(resumed_state(checkpoint_path, bundle, optimizer, scaler, cfg, fingerprints))
 
         if budget is None:
-            budget = MemoryBudget.probe(device, cfg.cache_dir)
+            budget = MemoryBudget.probe(device, cfg.cache_dir, resident_bytes=device_bytes(model, device))
         workload = Phase2Workload.from_model(model, train_streams.n_tokens, val_streams.n_tokens)
         plan_cfg = cfg if state["batch_size"] is None else dataclasses.replace(cfg, batch_size=state["batch_size"])
         plan = plan_phase2(workload, plan_cfg, budget, checkpointing=checkpoint_path is not None)

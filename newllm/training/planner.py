@@ -28,6 +28,7 @@ show it and the gated trainer sizes its batch by it (``gated_batch_size``).
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import tempfile
@@ -40,6 +41,9 @@ from torch import nn
 
 from newllm.config.models import GatedLMConfig, ModelConfig
 from newllm.config.training import Phase2Config
+from newllm.evaluation.context_metrics import context_metrics_bytes
+from newllm.models.common import parameter_count
+from newllm.models.cvfp import CVFPModel
 
 GiB = 2**30
 MiB = 2**20
@@ -89,13 +93,20 @@ class MemoryBudget:
                 raise ValueError(f"MemoryBudget.{name}={getattr(self, name)} must be >= 0 bytes")
 
     @classmethod
-    def probe(cls, device: torch.device, disk_path: Optional[str] = None) -> "MemoryBudget":
-        """Read free device memory (torch.cuda.mem_get_info), host MemAvailable and free disk at ``disk_path``."""
+    def probe(cls, device: torch.device, disk_path: Optional[str] = None, resident_bytes: int = 0) -> "MemoryBudget":
+        """Read free device memory (torch.cuda.mem_get_info), host MemAvailable and free disk at ``disk_path``.
+
+        The allocator's cached blocks are released first (what Phase 1 freed is free), and ``resident_bytes`` (the
+        model's weights already on the device, see :func:`device_bytes`) are counted as free, because the plan
+        adds them as an item of its own."""
         host_total, host_available = host_memory()
         disk_free = shutil.disk_usage(disk_path or tempfile.gettempdir()).free
         if device.type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
             free, total = torch.cuda.mem_get_info(device)
-            return cls("cuda", total, free, host_total, host_available, disk_free, torch.cuda.get_device_name(device))
+            return cls("cuda", total, min(total, free + resident_bytes), host_total, host_available, disk_free,
+                       torch.cuda.get_device_name(device))
         return cls("cpu", 0, 0, host_total, host_available, disk_free, "cpu")
 
     @classmethod
@@ -106,6 +117,16 @@ class MemoryBudget:
             return cls("cpu", 0, 0, gb(host_gib), gb(host_gib), gb(disk_gib), "simulated cpu")
         return cls("cuda", gb(device_gib), gb(device_gib), gb(host_gib), gb(host_gib), gb(disk_gib),
                    f"simulated {device_gib:g} GiB GPU")
+
+
+def device_bytes(module: nn.Module, device: torch.device) -> int:
+    """Bytes of ``module``'s parameters and buffers that live on ``device`` (shared tensors once)."""
+    seen, total = set(), 0
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if id(tensor) not in seen and tensor.device.type == device.type:
+            seen.add(id(tensor))
+            total += tensor.numel() * tensor.element_size()
+    return total
 
 
 def phase2_trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -144,8 +165,6 @@ class Phase2Workload:
 
     @classmethod
     def from_model(cls, model: nn.Module, train_tokens: int, val_tokens: int) -> "Phase2Workload":
-        from newllm.models.common import parameter_count
-
         trainable = phase2_trainable_parameters(model)
         return cls(
             train_tokens=int(train_tokens),
@@ -162,8 +181,6 @@ class Phase2Workload:
     @classmethod
     def from_config(cls, cfg: ModelConfig, train_tokens: int, val_tokens: int) -> "Phase2Workload":
         """Sizes for a model that is never built (weights on the meta device: no memory)."""
-        from newllm.models.cvfp import CVFPModel
-
         with torch.device("meta"):
             model = CVFPModel(cfg)
         return cls.from_model(model, train_tokens, val_tokens)
@@ -319,6 +336,8 @@ def _items(work: Phase2Workload, device_type: str, placement: str, dtype: str, c
         MemoryItem("cache build workspace", compute, "build", 3 * 4 * build_tokens * work.row_values,
                    f"{build_tokens:,} tokens of segments"),
         MemoryItem("runtime (python, torch)", "host", "both", RUNTIME_HOST_BYTES, "baseline process"),
+        MemoryItem("context metrics (bounded)", compute, "build", context_metrics_bytes(work.context_dims[-1]),
+                   "ER / pairwise subsamples, streamed row blocks"),
     ]
     if device_type == "cuda" and placement != "gpu":
         items.append(MemoryItem("host staging rows", "host", "train",
