@@ -16,7 +16,7 @@ from newllm.training.common import OOMBackoff, TrainingMemoryError, epoch_order,
 from newllm.training.context_cache import build_context_cache
 from newllm.training.phase2 import evaluate, train_phase2
 from newllm.training.phase2_checkpoint import previous_checkpoint_path
-from newllm.training.planner import MemoryBudget
+from newllm.training.planner import MemoryBudget, phase2_trainable_parameters
 from newllm.utils.checkpoint import CheckpointError, read_checkpoint
 
 VOCAB = 200
@@ -278,13 +278,30 @@ def test_resume_ends_with_the_same_metrics_as_an_unbroken_run(tmp_path, stop_at)
     unbroken = run(unbroken_model, config(checkpoint_every_steps=1), checkpoint_path=tmp_path / "a.safetensors")
     path = tmp_path / "b.safetensors"
     interrupted_run(path, stop_at)
-    resumed_model = tiny_model(seed=123)  # different initial weights: everything must come from the checkpoint
+    resumed_model = tiny_model()  # the same frozen weights (Phase 1's), scrambled trainable ones: those must come
+    with torch.no_grad():  # from the checkpoint
+        for param in phase2_trainable_parameters(resumed_model):
+            param.normal_()
     resumed = run(resumed_model, config(checkpoint_every_steps=1), checkpoint_path=path, resume=True)
     assert resumed.steps == unbroken.steps and resumed.best_epoch == unbroken.best_epoch
     assert resumed.history[METRICS].values == pytest.approx(unbroken.history[METRICS].values, abs=1e-6)
     assert resumed.val.loss == pytest.approx(unbroken.val.loss, abs=1e-6)
     for key, value in unbroken_model.state_dict().items():
         assert torch.allclose(resumed_model.state_dict()[key], value, atol=1e-6), key
+
+
+def test_checkpoints_hold_the_trained_weights_and_only_a_fingerprint_of_the_frozen_ones(tmp_path):
+    path = tmp_path / "ckpt.safetensors"
+    interrupted_run(path, 3)
+    tensors, meta = read_checkpoint(path)
+    names = {key.split(".", 1)[1] for key in tensors if key.startswith("model.")}
+    frozen = [n for n, _ in tiny_model().named_parameters() if n.startswith(("context_block", "embedding."))]
+    assert frozen and not any(name.endswith(n.replace(".", "__")) for name in names for n in frozen)
+    assert all(name.startswith(("trainable.", "best.")) for name in names)
+    assert len(meta["state"]["data"]["frozen_weights"]) == 16
+    other = tiny_model(seed=123)  # another Phase 1 / embedding: refused, not silently mixed
+    with pytest.raises(CheckpointError, match="frozen weights"):
+        run(other, config(checkpoint_every_steps=1), checkpoint_path=path, resume=True)
 
 
 def test_truncated_checkpoint_is_a_clear_error_and_the_previous_one_is_kept(tmp_path):

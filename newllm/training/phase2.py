@@ -50,7 +50,7 @@ from newllm.training.common import (
     lr_scheduler,
 )
 from newllm.training.context_cache import ContextCache, build_context_cache
-from newllm.training.phase2_checkpoint import Bundle, initial_state, resumed_state, save
+from newllm.training.phase2_checkpoint import Bundle, frozen_fingerprint, initial_state, resumed_state, save
 from newllm.training.planner import (
     MemoryBudget,
     Phase2Plan,
@@ -191,7 +191,8 @@ def train_phase2(
     device = next(model.parameters()).device
     train_streams = make_streams(train_ids, streams)
     val_streams = make_streams(val_ids, streams)
-    fingerprints = {"streams": streams, "train": train_streams.fingerprint(), "val": val_streams.fingerprint()}
+    fingerprints = {"streams": streams, "train": train_streams.fingerprint(), "val": val_streams.fingerprint(),
+                    "frozen_weights": frozen_fingerprint(model, phase2_trainable_parameters(model))}
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
     if resume and checkpoint_path is None:
         raise ValueError("resume=True needs checkpoint_path")

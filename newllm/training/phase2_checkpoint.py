@@ -3,6 +3,7 @@ previous file kept beside the latest, and the checks that decide whether a run m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -24,13 +25,16 @@ RESUMABLE_FIELDS = frozenset({
 
 
 class Bundle(nn.Module):
-    """The model plus a copy of the best trainable weights, so both go into one checkpoint file."""
+    """What a Phase-2 checkpoint holds: the trainable parameters and a copy of the best ones. The frozen weights
+    (ContextBlock, embedding) are not written again and again: the checkpoint records their fingerprint
+    (:func:`frozen_fingerprint`), and a resume checks that the model it loads into has the same ones."""
 
     def __init__(self, model: nn.Module, named: list[tuple[str, nn.Parameter]]):
         super().__init__()
-        self.model = model
+        self.trainable = nn.Module()
         self.best = nn.Module()
         for name, param in named:
+            self.trainable.register_parameter(name.replace(".", "__"), param)
             self.best.register_buffer(name.replace(".", "__"), param.detach().to("cpu", copy=True))
         self._names = [name for name, _ in named]
         self._params = [param for _, param in named]
@@ -43,6 +47,18 @@ class Bundle(nn.Module):
         with torch.no_grad():
             for name, param in zip(self._names, self._params):
                 param.copy_(getattr(self.best, name.replace(".", "__")))
+
+
+def frozen_fingerprint(model: nn.Module, trainable: list[nn.Parameter]) -> str:
+    """A SHA-256 over the names and bytes of every parameter and buffer Phase 2 does not train."""
+    trainable_ids = {id(p) for p in trainable}
+    digest = hashlib.sha256()
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if id(tensor) in trainable_ids:
+            continue
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def previous_checkpoint_path(path: Union[str, Path]) -> Path:
@@ -123,6 +139,11 @@ def _check_resumable(saved: dict, cfg: Phase2Config, fingerprints: dict) -> None
             "cannot resume: Phase2Config differs from the checkpoint's in "
             + ", ".join(f"{k} ({saved['config'][k]!r} -> {current.get(k)!r})" for k in changed)
             + f"; only {sorted(RESUMABLE_FIELDS)} may change on resume"
+        )
+    if saved["data"].get("frozen_weights") != fingerprints["frozen_weights"]:
+        raise CheckpointError(
+            "cannot resume: the model's frozen weights (ContextBlock after Phase 1, embedding) differ from those the "
+            "checkpoint was trained on; rebuild the model the same way (same Phase 1 run, same embedding)"
         )
     if saved["data"] != fingerprints:
         raise CheckpointError(
