@@ -17,6 +17,7 @@ from newllm.training.common import (
     epoch_order,
     grad_scaler,
     is_out_of_memory,
+    tf32_matmuls,
     lr_factor,
     lr_scheduler,
 )
@@ -213,3 +214,14 @@ def test_gated_batch_size_is_the_largest_power_of_two_that_fits():
     assert gated_batch_size(cfg, 64, params, peak(256) - 1) == 128
     assert gated_batch_size(cfg, 64, params, peak(256), max_batch=64) == 64
     assert gated_batch_size(cfg, 64, params, 0) == 1
+
+
+def test_tf32_is_scoped_to_cuda_training_loops(monkeypatch):
+    before = torch.get_float32_matmul_precision()
+    with tf32_matmuls(torch.device("cpu")):
+        assert torch.get_float32_matmul_precision() == before  # nothing changes on a CPU
+    seen = []
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", lambda value: seen.append(value))
+    with tf32_matmuls(torch.device("cuda")):
+        assert seen == ["high"]
+    assert seen == ["high", before]  # restored afterwards

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable, Optional, TypeVar
 
@@ -31,6 +31,23 @@ def autocast_dtype(device: torch.device, amp: str = "auto") -> Optional[torch.dt
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     """The autocast context for ``dtype`` on ``device``; a no-op for fp32 (None)."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+@contextmanager
+def tf32_matmuls(device: torch.device):
+    """Within the block, fp32 matmuls on an Ampere-or-newer GPU use TensorFloat-32 (about 8x the fp32 rate; 10-bit
+    mantissa, like bf16 autocast's products). Used around the training loops only: the exact recurrence (Phase 1,
+    cache builds) keeps full fp32, since its fixed-point tolerances are far below TF32's rounding. Restores the
+    previous setting; a no-op on CPU."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def grad_scaler(device: torch.device, dtype: Optional[torch.dtype]) -> Optional[torch.amp.GradScaler]:

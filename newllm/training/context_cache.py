@@ -155,10 +155,20 @@ class ContextCache:
             data = torch.from_numpy(np.ascontiguousarray(self._store[key]))
             if self.dtype == "bfloat16":
                 data = data.view(torch.bfloat16)
-        else:
-            key = index if isinstance(index, slice) else index.to(self._store.device)
-            data = self._store[key]
-        return data.to(self.device, non_blocking=True).to(compute_dtype)
+            return data.to(self.device).to(compute_dtype)  # pageable rows: the copy is synchronous anyway
+        key = index if isinstance(index, slice) else index.to(self._store.device)
+        if self._store.device.type == "cpu" and self.device.type == "cuda":
+            # gathered straight into page-locked memory, so the copy to the GPU runs asynchronously (the caching
+            # host allocator keeps a staging block until its copy has finished)
+            rows = self._store[key] if isinstance(key, slice) else None
+            n = rows.shape[0] if rows is not None else key.shape[0]
+            staging = torch.empty((n, self._store.shape[1]), dtype=self._store.dtype, pin_memory=True)
+            if rows is not None:
+                staging.copy_(rows)
+            else:
+                torch.index_select(self._store, 0, key, out=staging)
+            return staging.to(self.device, non_blocking=True).to(compute_dtype)
+        return self._store[key].to(compute_dtype)
 
     def split(self, rows: torch.Tensor) -> list[torch.Tensor]:
         """Per-layer views [B, dim_l] of rows [B, width]."""

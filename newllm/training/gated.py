@@ -67,6 +67,7 @@ from newllm.training.common import (
     grad_scaler,
     lr_factor,
     lr_scheduler,
+    tf32_matmuls,
 )
 from newllm.training.gated_state import (
     LoopState,
@@ -338,66 +339,67 @@ def train_gated_lm(
     train_inputs, train_targets = train.inputs.to(device_t), train.targets.to(device_t)
     model.train()
     epoch_bar = tqdm(total=train_cfg.epochs, initial=loop.epoch, desc=name, unit="epoch", disable=not progress)
-    while loop.epoch < train_cfg.epochs and budget_left() and not loop.stopped_early:
-        epoch = loop.epoch
-        started = time.perf_counter()
-        max_norm = clip_norm_for_epoch(train_cfg.grad_clip, epoch)
-        order = epoch_order(len(train), train_cfg.seed, epoch)
-        batches = order.split(batch_size)
-        current_lr = lr
-        batch_bar = tqdm(total=len(batches), initial=loop.cursor, desc=f"epoch {epoch + 1}", leave=False,
-                         disable=not progress)
-        # (loss sum, tokens, correct) of the epoch so far, summed on the device in float64
-        sums = torch.tensor([loop.partial["loss_sum"], loop.partial["tokens"], loop.partial["correct"]],
-                            dtype=torch.float64, device=device_t)
-        while loop.cursor < len(batches) and budget_left():
-            index = batches[loop.cursor].to(device_t)
-            current_lr = optimizer.param_groups[0]["lr"]
-            step_sums = _train_step(model, optimizer, scaler, backoff, train_inputs, train_targets, index,
-                                    train.pad_id, amp_dtype, max_norm)
-            scheduler.step()
-            sums += step_sums
-            loop.updates += 1
-            loop.cursor += 1
-            batch_bar.update(1)
-            if progress and loop.cursor % 50 == 0:  # reading the loss waits for the GPU: only now and then
-                batch_bar.set_postfix(loss=f"{float(step_sums[0] / step_sums[1].clamp(min=1)):.3f}")
-        batch_bar.close()
-        loss_total, tokens_total, correct_total = sums.tolist()
-        loop.partial = {"loss_sum": loss_total, "tokens": int(tokens_total), "correct": int(correct_total)}
-        complete = loop.cursor >= len(batches)
-        last_eval = evaluate_windows(model, val, batch_size, tokenizer_name, amp_dtype)
-        model.train()
-        train_loss = loop.partial["loss_sum"] / max(loop.partial["tokens"], 1)
-        loop.seconds += time.perf_counter() - started
-        epoch_mark = epoch + 1 if complete else epoch + loop.cursor / len(batches)
-        loop.history.append({
-            "epoch": epoch_mark, "updates": loop.updates,
-            "train_loss": train_loss, "train_ppl": row_ppl(train_loss),
-            "train_acc": loop.partial["correct"] / max(loop.partial["tokens"], 1),
-            "val_loss": last_eval.loss, "val_ppl": last_eval.perplexity, "val_acc": last_eval.accuracy,
-            "lr": current_lr, "grad_clip": max_norm, "seconds": time.perf_counter() - started,
-            "elapsed_s": loop.seconds,
-        })
-        stopper.update(last_eval.loss)
-        loop.early_stopping = stopper.state()
-        loop.stopped_early = stopper.should_stop
-        improved = last_eval.loss < loop.best_val_loss
-        if improved:
-            loop.best_val_loss, loop.best_epoch = last_eval.loss, epoch_mark
-        if complete:
-            loop.epoch, loop.cursor = epoch + 1, 0
-            loop.partial = {"loss_sum": 0.0, "tokens": 0, "correct": 0}
-            epoch_bar.update(1)
-        epoch_bar.set_postfix(val_ppl=f"{last_eval.perplexity:.2f}", best=f"{row_ppl(loop.best_val_loss):.2f}")
-        if improved:
-            save(paths["best"])
-        periodic = complete and loop.epoch % train_cfg.checkpoint_every == 0
-        if periodic:
-            save(checkpoints / f"{name}_epoch_{loop.epoch}.safetensors")
-        write_reports(with_curves=periodic)
-        if callback is not None and callback(pd.DataFrame(loop.history)):
-            break
+    with tf32_matmuls(device_t):
+        while loop.epoch < train_cfg.epochs and budget_left() and not loop.stopped_early:
+            epoch = loop.epoch
+            started = time.perf_counter()
+            max_norm = clip_norm_for_epoch(train_cfg.grad_clip, epoch)
+            order = epoch_order(len(train), train_cfg.seed, epoch)
+            batches = order.split(batch_size)
+            current_lr = lr
+            batch_bar = tqdm(total=len(batches), initial=loop.cursor, desc=f"epoch {epoch + 1}", leave=False,
+                             disable=not progress)
+            # (loss sum, tokens, correct) of the epoch so far, summed on the device in float64
+            sums = torch.tensor([loop.partial["loss_sum"], loop.partial["tokens"], loop.partial["correct"]],
+                                dtype=torch.float64, device=device_t)
+            while loop.cursor < len(batches) and budget_left():
+                index = batches[loop.cursor].to(device_t)
+                current_lr = optimizer.param_groups[0]["lr"]
+                step_sums = _train_step(model, optimizer, scaler, backoff, train_inputs, train_targets, index,
+                                        train.pad_id, amp_dtype, max_norm)
+                scheduler.step()
+                sums += step_sums
+                loop.updates += 1
+                loop.cursor += 1
+                batch_bar.update(1)
+                if progress and loop.cursor % 50 == 0:  # reading the loss waits for the GPU: only now and then
+                    batch_bar.set_postfix(loss=f"{float(step_sums[0] / step_sums[1].clamp(min=1)):.3f}")
+            batch_bar.close()
+            loss_total, tokens_total, correct_total = sums.tolist()
+            loop.partial = {"loss_sum": loss_total, "tokens": int(tokens_total), "correct": int(correct_total)}
+            complete = loop.cursor >= len(batches)
+            last_eval = evaluate_windows(model, val, batch_size, tokenizer_name, amp_dtype)
+            model.train()
+            train_loss = loop.partial["loss_sum"] / max(loop.partial["tokens"], 1)
+            loop.seconds += time.perf_counter() - started
+            epoch_mark = epoch + 1 if complete else epoch + loop.cursor / len(batches)
+            loop.history.append({
+                "epoch": epoch_mark, "updates": loop.updates,
+                "train_loss": train_loss, "train_ppl": row_ppl(train_loss),
+                "train_acc": loop.partial["correct"] / max(loop.partial["tokens"], 1),
+                "val_loss": last_eval.loss, "val_ppl": last_eval.perplexity, "val_acc": last_eval.accuracy,
+                "lr": current_lr, "grad_clip": max_norm, "seconds": time.perf_counter() - started,
+                "elapsed_s": loop.seconds,
+            })
+            stopper.update(last_eval.loss)
+            loop.early_stopping = stopper.state()
+            loop.stopped_early = stopper.should_stop
+            improved = last_eval.loss < loop.best_val_loss
+            if improved:
+                loop.best_val_loss, loop.best_epoch = last_eval.loss, epoch_mark
+            if complete:
+                loop.epoch, loop.cursor = epoch + 1, 0
+                loop.partial = {"loss_sum": 0.0, "tokens": 0, "correct": 0}
+                epoch_bar.update(1)
+            epoch_bar.set_postfix(val_ppl=f"{last_eval.perplexity:.2f}", best=f"{row_ppl(loop.best_val_loss):.2f}")
+            if improved:
+                save(paths["best"])
+            periodic = complete and loop.epoch % train_cfg.checkpoint_every == 0
+            if periodic:
+                save(checkpoints / f"{name}_epoch_{loop.epoch}.safetensors")
+            write_reports(with_curves=periodic)
+            if callback is not None and callback(pd.DataFrame(loop.history)):
+                break
     epoch_bar.close()
     save(paths["final"])
     write_reports(with_curves=True)

@@ -25,6 +25,7 @@ from newllm.training.common import (
     epoch_order,
     lr_factor,
     lr_scheduler,
+    tf32_matmuls,
 )
 from newllm.utils.runtime import resolve_device, seed_everything
 
@@ -177,32 +178,33 @@ def train_lm_baseline(
 
     rows, tokens_seen, pending = [], 0, []
     bar = tqdm(range(steps), desc=f"train {type(model).__name__}", disable=not progress)
-    for step in bar:
-        remaining_windows = math.ceil((token_budget - tokens_seen) / window_tokens)
-        batch_starts = torch.stack([next(order) for _ in range(min(batch_size, remaining_windows))]).to(dev)
+    with tf32_matmuls(dev):
+        for step in bar:
+            remaining_windows = math.ceil((token_budget - tokens_seen) / window_tokens)
+            batch_starts = torch.stack([next(order) for _ in range(min(batch_size, remaining_windows))]).to(dev)
 
-        def part_loss(part: torch.Tensor, _size: int) -> tuple[torch.Tensor, torch.Tensor]:
-            chunk = train_ids[part[:, None] + torch.arange(seq_len + 1, device=dev)]
-            with autocast(dev, amp):
-                logits = model(chunk[:, :-1])
-            loss = F.cross_entropy(logits.float().reshape(-1, vocab_size), chunk[:, 1:].reshape(-1))
-            loss = loss * (part.numel() / batch_starts.numel())  # the part's share of the step's mean
-            return loss, loss.detach()
+            def part_loss(part: torch.Tensor, _size: int) -> tuple[torch.Tensor, torch.Tensor]:
+                chunk = train_ids[part[:, None] + torch.arange(seq_len + 1, device=dev)]
+                with autocast(dev, amp):
+                    logits = model(chunk[:, :-1])
+                loss = F.cross_entropy(logits.float().reshape(-1, vocab_size), chunk[:, 1:].reshape(-1))
+                loss = loss * (part.numel() / batch_starts.numel())  # the part's share of the step's mean
+                return loss, loss.detach()
 
-        model.train()
-        losses = accumulate_gradients(backoff, optimizer, batch_starts, part_loss)
-        current_lr = optimizer.param_groups[0]["lr"]
-        clip_and_step(optimizer, grad_clip)
-        scheduler.step()
-        tokens_seen += batch_starts.numel() * seq_len
-        pending.append(float(sum(losses)))
-        bar.set_postfix(loss=f"{pending[-1]:.3f}")
-        if (step + 1) % every == 0 or step + 1 == steps:
-            val = evaluate_lm(model, val_ids, tokenizer=tokenizer, seq_len=seq_len, batch_size=eval_batch_size,
-                              mode="windows", n_bytes=n_bytes)
-            rows.append({"step": step + 1, "tokens": tokens_seen, "lr": current_lr,
-                         "train_loss": sum(pending) / len(pending), "val_loss": val.loss, "val_ppl": val.perplexity})
-            pending = []
+            model.train()
+            losses = accumulate_gradients(backoff, optimizer, batch_starts, part_loss)
+            current_lr = optimizer.param_groups[0]["lr"]
+            clip_and_step(optimizer, grad_clip)
+            scheduler.step()
+            tokens_seen += batch_starts.numel() * seq_len
+            pending.append(float(sum(losses)))
+            bar.set_postfix(loss=f"{pending[-1]:.3f}")
+            if (step + 1) % every == 0 or step + 1 == steps:
+                val = evaluate_lm(model, val_ids, tokenizer=tokenizer, seq_len=seq_len, batch_size=eval_batch_size,
+                                  mode="windows", n_bytes=n_bytes)
+                rows.append({"step": step + 1, "tokens": tokens_seen, "lr": current_lr,
+                             "train_loss": sum(pending) / len(pending), "val_loss": val.loss, "val_ppl": val.perplexity})
+                pending = []
     model.eval()
     return pd.DataFrame(rows), val
 

@@ -48,6 +48,7 @@ from newllm.training.common import (
     grad_scaler,
     lr_factor,
     lr_scheduler,
+    tf32_matmuls,
 )
 from newllm.training.context_cache import ContextCache, build_context_cache
 from newllm.training.phase2_checkpoint import Bundle, frozen_fingerprint, initial_state, resumed_state, save
@@ -233,7 +234,8 @@ def train_phase2(
             )
         loop = _Loop(model, caches, cfg, plan, state, optimizer, scaler, bundle, micro, amp_dtype, tokenizer_name,
                      train_bytes, val_bytes, checkpoint_path, progress, callback, before_forward, epoch_callback)
-        loop.run()
+        with tf32_matmuls(device):
+            loop.run()
         if state["best_epoch"]:
             bundle.restore_best()
         state["finished"] = True
