@@ -29,3 +29,24 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent (only present beside the repo in this project's CI)")
     return SHARED_DATA
+
+
+class _FakeHandle:
+    def __init__(self, log):
+        self.log = log
+
+    def update(self, obj):
+        self.log.append(("update", obj))
+
+
+@pytest.fixture
+def fake_display():
+    """``make(log)``: an IPython-like ``display`` that records ("display", obj, display_id) and ("update", obj)."""
+    def make(log):
+        def display(obj, display_id=False):
+            log.append(("display", obj, display_id))
+            return _FakeHandle(log)
+
+        return display
+
+    return make
