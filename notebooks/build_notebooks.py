@@ -292,10 +292,10 @@ def scaling() -> nbformat.NotebookNode:
         parameters_cell(name, {"resume": ("False", "True: continue the run folder run_name at its next size")}),
         resolve_cell(name),
         *cvfp_size_cells(" The samples slider shows the largest size (estimate only)."),
-        *cvfp_config_cells('min(values["samples"])  # each size of the sweep replaces it', PHASE1_CFG, PHASE2_CFG,
-                           FULL_SETTINGS),
-        new_markdown_cell("## The sweep\nPhase 1 + Phase 2 per (size, seed) with the configs above; rows appear as "
-                          "each size finishes. Then the fits, the extrapolation and the plot, all in the run folder."),
+        *cvfp_config_cells('min(values["samples"])', PHASE1_CFG, PHASE2_CFG, FULL_SETTINGS),
+        new_markdown_cell("## The sweep\nPhase 1 + Phase 2 per (size, seed) with the configs above (each size "
+                          "replaces `data_cfg.samples`); rows appear as each size finishes. Then the fits, the "
+                          "extrapolation and the plot, all in the run folder."),
         new_code_cell("""\
 from newllm.experiments.scaling import SCALING_ROW_COLUMNS, run_scaling_sweep
 from newllm.notebook.live import LiveTable
