@@ -29,7 +29,8 @@ def _setup(values):
     """advanced_training.ipynb's two configs-and-data cells."""
     if nbp.training_family(values) == "gated":
         model_cfg = GatedLMConfig(vocab_size=values["vocab_size"], ctx_dim=values["ctx_dim"],
-                                  num_layers=values["layers"], embed_dim=values["embed_dim"] or GatedLMConfig().embed_dim)
+                                  num_layers=values["layers"],
+                                  embed_dim=values["embed_dim"] or GatedLMConfig().embed_dim)
         train_cfg = GatedTrainConfig(epochs=values["epochs"], max_updates=values["max_updates"],
                                      batch_size=nbp.gated_batch_size(values), lr=values["lr"] or nbp.GATED_DEFAULT_LR,
                                      schedule=values["schedule"], seed=values["seed"])
