@@ -13,15 +13,14 @@ from typing import Optional, Sequence
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from newllm.experiments.pipelines import scaling_from_parameters
+    from newllm.experiments.scaling import run_scaling_sweep
+    from newllm.notebook.parameters import open_run, settings_from_parameters
+    from newllm.notebook.presets import resolve
 
-    outcome = scaling_from_parameters(
-        preset=args.preset,
-        experiment="demo",
-        results_dir=args.results_dir,
-        progress=not args.quiet,
-        samples=args.samples,
-    )
+    values = resolve("scaling", args.preset, samples=args.samples)
+    run = open_run("demo", values, args.results_dir)
+    outcome = run_scaling_sweep(settings_from_parameters(values), run, values["samples"], seeds=values["seeds"],
+                                baselines=values["baselines"], progress=not args.quiet)
     print(outcome.report())
     print(f"\nresults: {outcome.run.path}")
     return 0

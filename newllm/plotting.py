@@ -1,9 +1,9 @@
-"""Every figure the kit draws: training curves, scaling plots, study plots and grid heatmaps."""
+"""Every figure the kit draws: training curves, scaling plots (with baselines), study plots and grid heatmaps."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Optional, Union
+from typing import Iterable, Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -14,9 +14,6 @@ from matplotlib.figure import Figure
 from newllm.evaluation.scaling_fits import PowerLawFit, SaturatingFit, ScalingFit, aggregate_seeds
 from newllm.utils.io import atomic_path
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
 REQUIRED_COLUMNS = ("epoch", "train_loss", "val_loss")
 
 
@@ -25,7 +22,7 @@ def plot_training_curves(
     title: Optional[str] = None,
     ppl_label: str = "perplexity",
     path: Optional[Union[str, Path]] = None,
-) -> "Figure":
+) -> Figure:
     """Two panels against epoch: loss (nats) and perplexity on a log scale, each with train and validation.
 
     ``history`` needs the columns epoch, train_loss and val_loss (as the gated trainer's history has); ``ppl_label``
@@ -164,6 +161,27 @@ def plot_scaling(
     return fig
 
 
+def add_baseline_points(figure: Figure, table: pd.DataFrame) -> list[str]:
+    """Draw each baseline's validation PPL against training tokens (mean over seeds) on the scaling plot's axes.
+
+    Returns the baselines drawn (none when the table has only CVFP rows).
+    """
+    if "model" not in table:
+        return []
+    ax = figure.axes[0]
+    drawn = []
+    for i, (kind, rows) in enumerate(table[table["model"] != "cvfp"].groupby("model", sort=True)):
+        points = aggregate_seeds(rows, size_col="train_tokens", value_col="val_ppl", seed_col="seed")
+        params = int(rows["parameters"].iloc[0]) if "parameters" in rows else None
+        label = f"{kind} baseline" + (f" ({params:,} parameters)" if params else "")
+        ax.plot(points["train_tokens"], points["val_ppl_mean"], marker="s", linestyle="--", color=f"C{i + 2}",
+                label=label)
+        drawn.append(str(kind))
+    if drawn:
+        ax.legend(fontsize=9, loc="best")
+    return drawn
+
+
 def _points_table(points: pd.DataFrame, size_col: str, value_col: str) -> pd.DataFrame:
     if not isinstance(points, pd.DataFrame) or points.empty:
         raise ValueError("plot_scaling needs a non-empty DataFrame of points")
@@ -253,3 +271,28 @@ def plot_param_slices(trials: pd.DataFrame, path: Union[str, Path], log_params: 
     fig.colorbar(points, ax=fig.axes, label="trial number")
     fig.suptitle(f"parameter slices ({_counts(trials)})")
     return _save(fig, path)
+
+
+def plot_grid_heatmaps(table: pd.DataFrame, column: str, title: str) -> Figure:
+    """One heatmap per solver: ``column`` over max_iterations (rows) x dist_reg_weight (columns), cells labelled."""
+    import matplotlib.pyplot as plt
+
+    solvers = list(dict.fromkeys(table["solver"]))
+    fig, axes = plt.subplots(1, len(solvers), figsize=(4.6 * len(solvers), 3.8), squeeze=False)
+    plt.close(fig)  # detached from pyplot: the notebook shows it once
+    low, high = float(table[column].min()), float(table[column].max())
+    for ax, solver in zip(axes[0], solvers):
+        grid = table[table["solver"] == solver].pivot_table(index="max_iterations", columns="dist_reg_weight",
+                                                            values=column, aggfunc="mean")
+        image = ax.imshow(grid.to_numpy(dtype=float), cmap="viridis", vmin=low, vmax=high, aspect="auto")
+        ax.set_xticks(range(grid.shape[1]), [f"{w:g}" for w in grid.columns])
+        ax.set_yticks(range(grid.shape[0]), [str(int(i)) for i in grid.index])
+        ax.set_xlabel("dist_reg_weight")
+        ax.set_ylabel("max iterations")
+        ax.set_title(solver)
+        for (r, c), value in pd.DataFrame(grid.to_numpy()).stack().items():
+            bright = high > low and (value - low) / (high - low) > 0.6  # viridis turns yellow: dark text there
+            ax.text(c, r, f"{value:.1f}", ha="center", va="center", color="black" if bright else "white", fontsize=9)
+    fig.colorbar(image, ax=list(axes[0]), label=title)
+    fig.suptitle(title)
+    return fig

@@ -1,7 +1,8 @@
 """Write the four notebooks of notebooks/ (committed without outputs): ``python notebooks/build_notebooks.py``.
 
 The .ipynb files are what is committed, tested and run; this script only keeps their shared cells (Colab setup,
-parameters from newllm.notebook.presets, resolution) identical. Edit here, rerun, and commit the regenerated notebooks.
+parameters from newllm.notebook.presets, resolution, sliders, the CVFP configs) identical. Edit here, rerun, and
+commit the regenerated notebooks.
 """
 
 from __future__ import annotations
@@ -68,16 +69,16 @@ def parameters_cell(notebook: str, extra: dict[str, tuple[str, str]]) -> nbforma
 
 
 def resolve_cell(notebook: str) -> nbformat.NotebookNode:
-    return new_code_cell(f'''\
+    return new_code_cell(f"""\
 from IPython.display import Image, display
 
-from newllm.notebook import pipelines as nbp
+from newllm.notebook.parameters import find_results_dir, notebook_values, parameters_table
 
 # A bad parameter stops here with a message saying what to pass instead.
-values = nbp.notebook_values("{notebook}", preset, globals())
-results = nbp.find_results_dir(results_dir)
+values = notebook_values("{notebook}", preset, globals())
+results = find_results_dir(results_dir)
 print(f"preset {{values['preset']!r}} -> {{values['preset_used']!r}}; runs are written under {{results}}")
-display(nbp.parameters_table(values))''')
+display(parameters_table(values))""")
 
 
 def header(notebook: str, title: str, text: str, headless: str) -> list[nbformat.NotebookNode]:
@@ -92,18 +93,55 @@ def header(notebook: str, title: str, text: str, headless: str) -> list[nbformat
     ]
 
 
-def cvfp_size_cells() -> list:
+def cvfp_size_cells(text: str = "") -> list:
     """The CVFP notebooks' sliders for ctx_dim, layers and data size, with the live parameter count and memory plan."""
     return [
-        new_markdown_cell("## Model and data size"),
-        new_code_cell('''\
-from newllm.notebook.widgets import notebook_controls
+        new_markdown_cell("## Model and data size\nMove the sliders to see the parameter count and the Phase-2 memory "
+                          "plan on this machine; the next cell uses the values of the sliders you moved." + text),
+        new_code_cell("""\
+from newllm.notebook.widgets import data_sizes, notebook_controls
 
-sizes = nbp.data_sizes(values)
+sizes = data_sizes(values)
 box, controls = notebook_controls("cvfp", values, vocab_size=sizes.vocab_size, embed_dim=values["embed_dim"],
                                   tokens_per_sample=sizes.tokens_per_sample, val_tokens=sizes.val_tokens)
 display(box)
-print(controls.summary())'''),
+print(f"{sizes.tokenizer} tokens: {sizes.tokens_per_sample:,.0f} per training document, "
+      f"{sizes.val_tokens:,} validation tokens")
+print(controls.summary())"""),
+    ]
+
+
+PHASE1_CFG = """\
+phase1_cfg = Phase1Config(solver=values["phase1_solver"], dist_reg_weight=values["dist_reg_weight"],
+                          max_iterations=values["phase1_max_iterations"],
+                          min_iterations=min(values["phase1_min_iterations"], values["phase1_max_iterations"]))"""
+PHASE2_CFG = ('phase2_cfg = Phase2Config(epochs=values["phase2_epochs"], patience=values["phase2_patience"], '
+              'lr=values["phase2_lr"])')
+FULL_SETTINGS = ('CVFPSettings(data=data_cfg, model=model_cfg, phase1=phase1_cfg, phase2=phase2_cfg, '
+                 'seed=values["seed"])')
+
+
+def cvfp_config_cells(samples: str, phase1: str, phase2: str, settings: str) -> list:
+    """The cell that builds the CVFP run's configs from the parameters: edit any field there."""
+    return [
+        new_markdown_cell("## Configs\nThe data, model, Phase-1 and Phase-2 configs of the run (`newllm.config`). "
+                          "Change any field here, e.g. the Phase-1 loss weight `dist_reg_weight`, the dataset or "
+                          "the model width."),
+        new_code_cell(f"""\
+from newllm.config import DataConfig, ModelConfig, Phase1Config, Phase2Config
+from newllm.experiments.cvfp import CVFPSettings
+from newllm.notebook.parameters import cvfp_embedding
+
+values = controls.apply(values)  # the sliders you moved, if any
+data_cfg = DataConfig(dataset=values["dataset"], tokenizer=values["tokenizer"], samples={samples},
+                      val_samples=values["val_samples"])
+model_cfg = ModelConfig(ctx_dim=values["ctx_dim"], embed_dim=values["embed_dim"], num_layers=values["layers"],
+                        num_input_tokens=values["num_input_tokens"],
+                        embedding=cvfp_embedding(values["tokenizer"], values["embed_dim"]))
+{phase1}
+{phase2}
+settings = {settings}
+display(settings.to_dict())"""),
     ]
 
 
@@ -118,36 +156,91 @@ def notebook(name: str, cells: list[nbformat.NotebookNode]) -> nbformat.Notebook
 
 def advanced_training() -> nbformat.NotebookNode:
     name = "advanced_training"
+    cvfp_phase1 = "\n".join("    " + line for line in PHASE1_CFG.splitlines())
     return notebook(name, [
         *header(name, "Advanced training: gated LM or two-phase CVFP model (seeds 001, 002)",
                 "Train the end-to-end gated context-vector LM on WikiText-2 (seed 001's 512 / 12 run on a GPU) or the "
                 "two-phase CVFP model, watch loss and perplexity live, and optionally quantize the trained model to "
-                "int8 and compare size, validation PPL and speed with fp32.",
+                "int8 and compare size, validation PPL and speed with fp32. With `sweep='ctx'` or `'layers'` the "
+                "gated LM is also trained at each point of seed 002's sweeps.",
                 "papermill notebooks/advanced_training.ipynb out.ipynb -p quantization int8"),
         parameters_cell(name, {}),
         resolve_cell(name),
         new_markdown_cell("## Model size\nMove the sliders to see the parameter count and the memory estimate. "
-                          "Moved values replace `ctx_dim` / `layers` in the next cell; unmoved sliders change "
+                          "Moved values replace `ctx_dim` / `layers` in the configs below; unmoved sliders change "
                           "nothing."),
-        new_code_cell('''\
-box, controls = nbp.training_controls(values)
+        new_code_cell("""\
+from newllm.notebook.widgets import training_controls
+
+box, controls = training_controls(values)
 display(box)
-print(controls.summary())'''),
-        new_markdown_cell("## Data, parameter count and memory plan (before training)"),
-        new_code_cell('''\
-values = controls.apply(values)
-setup = nbp.prepare_training(values)
+print(controls.summary())"""),
+        new_markdown_cell("## Configs and data: the gated LM\n`model_family='gated'`: word-level WikiText-2 windows, "
+                          "trained end to end. Change any field of the configs here."),
+        new_code_cell("""\
+from newllm.config import GatedLMConfig, GatedTrainConfig
+from newllm.data.wikitext import prepare_wikitext
+from newllm.experiments.advanced_training import gated_setup
+from newllm.notebook.parameters import GATED_DEFAULT_LR, gated_batch_size, gated_source, training_family
+
+values = controls.apply(values)  # the sliders you moved, if any
+family = training_family(values)
+if family == "gated":
+    model_cfg = GatedLMConfig(vocab_size=values["vocab_size"], ctx_dim=values["ctx_dim"], num_layers=values["layers"],
+                              embed_dim=values["embed_dim"] or GatedLMConfig().embed_dim)
+    train_cfg = GatedTrainConfig(epochs=values["epochs"], max_updates=values["max_updates"],
+                                 batch_size=gated_batch_size(values), lr=values["lr"] or GATED_DEFAULT_LR,
+                                 schedule=values["schedule"], seed=values["seed"])
+    data = prepare_wikitext(train_cfg, gated_source(values["dataset"]), model_cfg.vocab_size,
+                            (values["samples"], values["val_samples"]), progress=True)
+    setup = gated_setup(model_cfg, train_cfg, data, values["quantization"], values["resume_from"])
+    display(model_cfg, train_cfg)"""),
+        new_markdown_cell("## Configs and data: the CVFP model\n`model_family='cvfp'`: the corpus, then the model, "
+                          "Phase-1 and Phase-2 configs (the embedding follows the tokenizer the corpus uses)."),
+        new_code_cell(f"""\
+from newllm.config import DataConfig, ModelConfig, Phase1Config, Phase2Config
+from newllm.data.corpus import load_corpus
+from newllm.experiments.advanced_training import cvfp_setup
+from newllm.experiments.cvfp import CVFPSettings
+from newllm.notebook.parameters import CVFP_DEFAULT_LR, cvfp_embed_dim, cvfp_embedding
+
+if family == "cvfp":
+    data_cfg = DataConfig(dataset=values["dataset"], tokenizer=values["tokenizer"], samples=values["samples"],
+                          val_samples=values["val_samples"])
+    corpus = load_corpus(data_cfg, progress=True)
+    tokenizer = corpus.tokenizer.name  # what tokenizer="auto" became
+    embed_dim = cvfp_embed_dim(values, tokenizer)
+    model_cfg = ModelConfig(ctx_dim=values["ctx_dim"], embed_dim=embed_dim, num_layers=values["layers"],
+                            embedding=cvfp_embedding(tokenizer, embed_dim))
+{cvfp_phase1}
+    phase2_cfg = Phase2Config(epochs=values["epochs"], batch_size=values["batch_size"],
+                              lr=values["lr"] or CVFP_DEFAULT_LR, schedule=values["schedule"],
+                              max_steps=values["max_updates"])
+    settings = CVFPSettings(data=data_cfg, model=model_cfg, phase1=phase1_cfg, phase2=phase2_cfg, seed=values["seed"])
+    setup = cvfp_setup(settings, corpus, values["quantization"])
+    display(settings.to_dict())"""),
+        new_markdown_cell("## Parameter count and memory plan (before training)"),
+        new_code_cell("""\
+from newllm.notebook.widgets import training_memory
+
+memory, memory_summary = training_memory(setup)
 display(setup.overview())
-display(setup.memory)'''),
+display(memory)
+print(memory_summary)"""),
         new_markdown_cell("## Training\nThe curves below are redrawn after every evaluation."),
-        new_code_cell('''\
-curves = nbp.LiveCurves(f"{setup.name} ({setup.parameters:,} parameters)", ppl_label=f"PPL, {setup.ppl_label}")
-outcome = nbp.train(setup, results, run_name=run_name, curves=curves)
-print("run folder:", outcome.run.path)
-display(outcome.final)'''),
+        new_code_cell("""\
+from newllm.experiments.advanced_training import EXPERIMENT, train
+from newllm.notebook.live import LiveCurves
+from newllm.notebook.parameters import open_run
+
+run = open_run(EXPERIMENT, values, results, run_name, default_name=setup.name)
+curves = LiveCurves(f"{setup.name} ({setup.parameters:,} parameters)", ppl_label=f"PPL, {setup.ppl_label}")
+outcome = train(setup, run, on_history=curves.on_history, on_epoch=curves.on_epoch)
+print("run folder:", run.path)
+display(outcome.final)"""),
         new_markdown_cell("## int8 post-training quantization\nWith `quantization='int8'` the trained fp32 model "
                           "is quantized and both are measured on the validation data (CPU)."),
-        new_code_cell('''\
+        new_code_cell("""\
 if outcome.int8 is not None:
     display(outcome.int8)
     fp32, int8 = outcome.int8.loc["fp32"], outcome.int8.loc["int8"]
@@ -155,9 +248,24 @@ if outcome.int8 is not None:
           f"({100 * (int8.val_ppl / fp32.val_ppl - 1):+.2f} %), {int8.tokens_per_s / fp32.tokens_per_s:.2f}x the "
           f"fp32 tokens/s")
 else:
-    print("quantization='none': nothing to compare")'''),
+    print("quantization='none': nothing to compare")"""),
+        new_markdown_cell("## Seed 002's sweep (optional)\nWith `sweep='ctx'` (ctx_dim 256, 512, 1024 at 6 layers) "
+                          "or `sweep='layers'` (6, 12, 24 layers at ctx 512) the gated LM is trained once per point "
+                          "with the configs above; finished points are kept in `sweep.csv` and skipped when run "
+                          "again."),
+        new_code_cell("""\
+from newllm.experiments.sweeps import SEED002_CTX_SWEEP, SEED002_LAYER_SWEEP, sweep_gated
+
+if values["sweep"] is not None:
+    points = SEED002_CTX_SWEEP if values["sweep"] == "ctx" else SEED002_LAYER_SWEEP
+    sweep_run = open_run(EXPERIMENT, values, results, default_name=f"sweep_{values['sweep']}")
+    sweep_table = sweep_gated(points, model_cfg, train_cfg, data.train, data.val, sweep_run.path,
+                              tokenizer_name=data.tokenizer_label)
+    display(sweep_table)
+else:
+    print("sweep=None: no sweep")"""),
         new_markdown_cell("## Checks"),
-        new_code_cell('''\
+        new_code_cell("""\
 import math
 
 final = outcome.final.iloc[0]
@@ -168,7 +276,7 @@ for key in ("progress", "curves"):
 if outcome.int8 is not None:
     assert outcome.int8["val_ppl"].map(math.isfinite).all()
     assert outcome.int8.loc["int8", "size_mb"] < outcome.int8.loc["fp32", "size_mb"]
-print(f"best val PPL {final.best_val_ppl:.3f} ({setup.ppl_label}); files in {outcome.run.path}")'''),
+print(f"best val PPL {final.best_val_ppl:.3f} ({setup.ppl_label}); files in {outcome.run.path}")"""),
     ])
 
 
@@ -183,34 +291,30 @@ def scaling() -> nbformat.NotebookNode:
                 'papermill notebooks/scaling.ipynb out.ipynb -y "samples: [50, 100, 200, 500]"'),
         parameters_cell(name, {"resume": ("False", "True: continue the run folder run_name at its next size")}),
         resolve_cell(name),
-        new_markdown_cell("## Model and data size\nThe sliders show the parameter count and the Phase-2 memory "
-                          "plan at the largest size; moved `ctx_dim` / `layers` values are used by the run."),
-        new_code_cell('''\
-from newllm.notebook.widgets import notebook_controls
+        *cvfp_size_cells(" The samples slider shows the largest size (estimate only)."),
+        *cvfp_config_cells('min(values["samples"])', PHASE1_CFG, PHASE2_CFG, FULL_SETTINGS),
+        new_markdown_cell("## The sweep\nPhase 1 + Phase 2 per (size, seed) with the configs above (each size "
+                          "replaces `data_cfg.samples`); rows appear as each size finishes. Then the fits, the "
+                          "extrapolation and the plot, all in the run folder."),
+        new_code_cell("""\
+from newllm.experiments.scaling import SCALING_ROW_COLUMNS, run_scaling_sweep
+from newllm.notebook.live import LiveTable
+from newllm.notebook.parameters import open_run
 
-sizes = nbp.data_sizes(values)
-box, controls = notebook_controls("cvfp", values, vocab_size=sizes.vocab_size, embed_dim=values["embed_dim"],
-                                  tokens_per_sample=sizes.tokens_per_sample, val_tokens=sizes.val_tokens)
-display(box)
-print(f"{sizes.tokenizer} tokens: {sizes.tokens_per_sample:,.0f} per training document, "
-      f"{sizes.val_tokens:,} validation tokens")
-print(controls.summary())'''),
-        new_markdown_cell("## The sweep\nRows appear as each size finishes."),
-        new_code_cell('''\
-values = controls.apply(values)
-rows = nbp.LiveTable(nbp.SCALING_ROW_COLUMNS)
-outcome = nbp.run_scaling_sweep(values, results, run_name=run_name, resume=resume, on_row=rows)
-print("run folder:", outcome.run.path)'''),
+run = open_run("scaling", values, results, run_name, resume=resume)
+outcome = run_scaling_sweep(settings, run, values["samples"], seeds=values["seeds"], baselines=values["baselines"],
+                            on_row=LiveTable(SCALING_ROW_COLUMNS))
+print("run folder:", run.path)"""),
         new_markdown_cell("## Results table and fit"),
-        new_code_cell('''\
+        new_code_cell("""\
 print(outcome.report())
-display(outcome.points)'''),
+display(outcome.points)"""),
         new_markdown_cell("## PPL against training tokens (log-log)"),
-        new_code_cell('''display(Image(filename=str(outcome.run.file("ppl_vs_tokens.png"))))'''),
+        new_code_cell("""display(Image(filename=str(outcome.run.file("ppl_vs_tokens.png"))))"""),
         new_markdown_cell("## Extrapolation"),
-        new_code_cell('''display(outcome.extrapolation)'''),
+        new_code_cell("""display(outcome.extrapolation)"""),
         new_markdown_cell("## Checks"),
-        new_code_cell('''\
+        new_code_cell("""\
 import math
 
 cvfp = outcome.table[outcome.table["model"] == "cvfp"]
@@ -224,7 +328,7 @@ if outcome.power_law.ok:
     print(f"power law: alpha {outcome.power_law.alpha:.4f}, R^2 {outcome.power_law.r2:.4f} "
           f"({outcome.power_law.n_points} sizes)")
 else:
-    print("power law not fitted:", outcome.power_law.reason)'''),
+    print("power law not fitted:", outcome.power_law.reason)"""),
     ])
 
 
@@ -239,22 +343,33 @@ def parallel_tuning() -> nbformat.NotebookNode:
         parameters_cell(name, {}),
         resolve_cell(name),
         *cvfp_size_cells(),
-        new_markdown_cell("## The grid"),
-        new_code_cell('''\
-values = controls.apply(values)
-outcome = nbp.run_phase1_grid(values, results, run_name=run_name)
-print("run folder:", outcome.run.path)
-display(outcome.table)'''),
+        *cvfp_config_cells('values["samples"]',
+                           "# the grid sets solver, max_iterations and dist_reg_weight at each point\n"
+                           'phase1_cfg = Phase1Config(min_iterations=values["phase1_min_iterations"])',
+                           "# no Phase 2: the grid compares Phase 1 alone",
+                           'CVFPSettings(data=data_cfg, model=model_cfg, phase1=phase1_cfg, seed=values["seed"])'),
+        new_markdown_cell("## The grid\nEvery (solver, max iterations, dist_reg_weight) from the same initial "
+                          "weights: the table, heatmaps and verdicts go to the run folder."),
+        new_code_cell("""\
+from newllm.experiments.phase1_grid import run_phase1_grid
+from newllm.notebook.parameters import default_run_name, open_run
+
+run = open_run("parallel_tuning", values, results, run_name,
+               default_name=default_run_name(values, f"{values['samples']}samples"))
+outcome = run_phase1_grid(settings, run, iterations=values["iterations"], weights=values["weights"],
+                          solvers=values["solvers"])
+print("run folder:", run.path)
+display(outcome.table)"""),
         new_markdown_cell("## Heatmaps"),
-        new_code_cell('''\
+        new_code_cell("""\
 for path in outcome.figures.values():
-    display(Image(filename=str(path)))'''),
+    display(Image(filename=str(path)))"""),
         new_markdown_cell("## Verdicts (computed from the table above)"),
-        new_code_cell('''\
+        new_code_cell("""\
 for line in outcome.verdicts:
-    print(line)'''),
+    print(line)"""),
         new_markdown_cell("## Checks"),
-        new_code_cell('''\
+        new_code_cell("""\
 import math
 
 table = outcome.table
@@ -263,7 +378,7 @@ assert len(table) == expected, (len(table), expected)
 assert table["train_er_pct"].between(0, 100, inclusive="right").all(), "train ER outside (0, 100] %"
 assert table["val_er_pct"].between(0, 100, inclusive="right").all(), "val ER outside (0, 100] %"
 assert table["seconds"].map(math.isfinite).all() and (table["seconds"] > 0).all()
-assert (table["iterations_run"] <= table["max_iterations"]).all()'''),
+assert (table["iterations_run"] <= table["max_iterations"]).all()"""),
     ])
 
 
@@ -279,26 +394,34 @@ def optimize_dist_reg_weight() -> nbformat.NotebookNode:
         parameters_cell(name, {}),
         resolve_cell(name),
         *cvfp_size_cells(),
-        new_markdown_cell("## The study"),
-        new_code_cell('''\
-values = controls.apply(values)
-outcome = nbp.run_dist_reg_study(values, results, run_name=run_name)
+        *cvfp_config_cells('values["samples"]', PHASE1_CFG + "  # each trial sets dist_reg_weight",
+                           PHASE2_CFG, FULL_SETTINGS),
+        new_markdown_cell("## The study\nIts config (range, trials, journal), then one Phase 1 + Phase 2 run per "
+                          "trial with the configs above."),
+        new_code_cell("""\
+from newllm.experiments.dist_reg_study import STUDY_EXPERIMENT, run_dist_reg_study
+from newllm.notebook.parameters import open_run, study_config
+
+study_cfg = study_config(values, results)
+print(study_cfg)
+run = open_run(STUDY_EXPERIMENT, values, results, run_name, default_name=values["study_name"])
+outcome = run_dist_reg_study(settings, study_cfg, run)
 result = outcome.result
 print(f"study {result.study_name!r}: {result.n_complete} complete, {result.n_pruned} pruned, "
-      f"{result.n_failed} failed; journal {outcome.config.journal_path}")
-print("run folder:", outcome.run.path)'''),
+      f"{result.n_failed} failed; journal {study_cfg.journal_path}")
+print("run folder:", run.path)"""),
         new_markdown_cell("## Best trial and top 5"),
-        new_code_cell('''\
+        new_code_cell("""\
 if result.best_trial is not None:
     print(f"best trial #{result.best_trial}: val PPL {result.best_value:.4f} with {result.best_params}")
-display(result.top)'''),
+display(result.top)"""),
         new_markdown_cell("## Optimisation history and parameter slices"),
-        new_code_cell('''\
+        new_code_cell("""\
 for name in ("optimization_history.png", "param_slices.png"):
     if name in outcome.written:
-        display(Image(filename=str(outcome.written[name])))'''),
+        display(Image(filename=str(outcome.written[name])))"""),
         new_markdown_cell("## Checks"),
-        new_code_cell('''\
+        new_code_cell("""\
 import math
 
 # the study stops at n_trials finished (complete + pruned) trials, counting earlier runs of a resumed study
@@ -310,7 +433,7 @@ if result.best_trial is not None:
     print("best config:", outcome.written["phase1_config_best.json"])
 else:
     print("no trial completed: no best config (see the trials table for the prune reasons)")
-    display(result.trials)'''),
+    display(result.trials)"""),
     ])
 
 

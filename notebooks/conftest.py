@@ -1,7 +1,7 @@
 """``pytest --nbval-lax notebooks/``: the notebooks' runs go to a scratch folder, never into the repo's results/.
 
 The kernels nbval starts inherit this process's environment, and the notebooks' results-folder helper
-(newllm.notebook.pipelines.find_results_dir) honours NEWLLM_RESULTS_DIR. A folder already set is kept.
+(newllm.notebook.parameters.find_results_dir) honours NEWLLM_RESULTS_DIR. A folder already set is kept.
 Progress bars are throttled in those kernels (TQDM_MININTERVAL), see pytest_configure.
 """
 

@@ -39,3 +39,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+class _FakeHandle:
+    def __init__(self, log):
+        self.log = log
+
+    def update(self, obj):
+        self.log.append(("update", obj))
+
+
+@pytest.fixture
+def fake_display():
+    """``make(log)``: an IPython-like ``display`` that records ("display", obj, display_id) and ("update", obj)."""
+    def make(log):
+        def display(obj, display_id=False):
+            log.append(("display", obj, display_id))
+            return _FakeHandle(log)
+
+        return display
+
+    return make

@@ -338,3 +338,20 @@ def test_plot_scaling_from_aggregated_points_and_refused_fit():
     assert not any("std" in label for label in fig.axes[0].get_legend_handles_labels()[1])
     with pytest.raises(ValueError, match=".png"):
         save_figure(fig, "scaling.pdf")
+
+
+def test_baseline_points_are_drawn_on_the_scaling_axes():
+    import matplotlib.pyplot as plt
+
+    from newllm.plotting import add_baseline_points
+
+    fig, ax = plt.subplots()
+    plt.close(fig)
+    table = pd.DataFrame({"model": ["cvfp", "lstm", "lstm", "cvfp"], "samples": [1, 1, 2, 2], "seed": [0, 0, 0, 0],
+                          "train_tokens": [100, 100, 200, 200], "val_ppl": [9.0, 8.0, 7.0, 6.0],
+                          "parameters": [10, 11, 11, 10]})
+    assert add_baseline_points(fig, table) == ["lstm"]
+    line = ax.lines[-1]
+    assert line.get_xdata().tolist() == [100, 200] and line.get_ydata().tolist() == [8.0, 7.0]
+    assert "lstm baseline (11 parameters)" in line.get_label()
+    assert add_baseline_points(fig, table[table["model"] == "cvfp"]) == []

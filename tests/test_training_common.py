@@ -17,9 +17,9 @@ from newllm.training.common import (
     epoch_order,
     grad_scaler,
     is_out_of_memory,
-    tf32_matmuls,
     lr_factor,
     lr_scheduler,
+    tf32_matmuls,
 )
 from newllm.training.planner import gated_batch_size, gated_training_bytes
 

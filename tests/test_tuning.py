@@ -17,19 +17,17 @@ from optuna.trial import TrialState
 
 from newllm.config.experiments import StudyConfig
 from newllm.config.training import Phase1Config
-from newllm.experiments.study import (
+from newllm.experiments.study import load_study_result, run_study
+from newllm.experiments.study_contract import (
     FAIL_REASON,
     PRUNE_REASON,
     RETRY_COUNT,
     RETRY_OF,
     ObjectiveContractError,
     TrialOutcome,
-    load_study_result,
-    open_storage,
-    recover_stale_trials,
-    run_study,
-    write_study_outputs,
 )
+from newllm.experiments.study_outputs import write_study_outputs
+from newllm.experiments.study_storage import open_storage, recover_stale_trials
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("tuning_worker.py")

@@ -1,4 +1,4 @@
-"""The pipelines the notebooks and the command line call: one CVFP run, a scaling sweep, the dist_reg_weight objective.
+"""One CVFP run (data, model, Phase 1, Phase 2, summary row) and a parameter-matched baseline on the same data.
 
 Data flows one way: DataConfig -> corpus (token ids) -> model -> Phase 1 -> Phase 2 -> metrics -> run folder.
 Each function takes plain configs and returns plain objects (dataclasses, DataFrames); writing to ``results/`` is
@@ -8,12 +8,10 @@ done through a :class:`~newllm.utils.runs.RunFolder` when one is given.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
-import pandas as pd
 import torch
 
 from newllm.config.data import DataConfig
@@ -158,59 +156,6 @@ def run_cvfp(
     return CVFPRun(row, p1, p2, model, dict(corpus.info), embedding)
 
 
-# --------------------------------------------------------------------------------------------- scaling
-
-SCALING_TABLE = "scaling"
-
-
-def run_scaling(
-    samples: Sequence[int],
-    settings: CVFPSettings,
-    run: RunFolder,
-    seeds: Sequence[int] = (42,),
-    baselines: Sequence[str] = (),
-    progress: bool = True,
-    on_row: Optional[Callable[[dict], None]] = None,
-) -> pd.DataFrame:
-    """Phase 1 + Phase 2 for every (samples, seed) on the same fixed validation set.
-
-    Each finished size is appended to ``<run>/scaling.csv`` at once; rows already there are skipped, so an
-    interrupted sweep resumes at the next size (call again with the same ``run``, e.g. ``RunFolder.create(...,
-    resume=True)``). ``baselines`` ("lstm", "transformer") are trained on the same data and token budget with a
-    parameter count matched to the CVFP model; their rows have ``model`` set to the baseline's name.
-    """
-    if not samples:
-        raise ValueError("samples is empty: give at least one training size, e.g. [50, 100, 200]")
-    done = run.read_table(SCALING_TABLE)
-    finished = set()
-    if not done.empty:
-        finished = {(str(r.model), int(r.samples), int(r.seed)) for r in done.itertuples()}
-    run.write_config(settings=settings.to_dict(), sweep={"samples": list(samples), "seeds": list(seeds),
-                                                         "baselines": list(baselines)})
-    for n in sorted(samples):
-        for seed in seeds:
-            size_settings = dataclasses.replace(settings.with_seed(seed), data=dataclasses.replace(settings.data,
-                                                                                                   samples=n))
-            corpus = None
-            if ("cvfp", n, seed) not in finished:
-                corpus = load_corpus(size_settings.data, progress=progress)
-                began = time.perf_counter()
-                result = run_cvfp(size_settings, progress=progress, corpus=corpus)
-                row = {"model": "cvfp", **result.row, "total_seconds": time.perf_counter() - began}
-                run.append_row(SCALING_TABLE, row)
-                if on_row is not None:
-                    on_row(row)
-            for kind in baselines:
-                if (kind, n, seed) in finished:
-                    continue
-                corpus = corpus or load_corpus(size_settings.data, progress=progress)
-                row = run_baseline(kind, size_settings, corpus, progress=progress)
-                run.append_row(SCALING_TABLE, row)
-                if on_row is not None:
-                    on_row(row)
-    return run.read_table(SCALING_TABLE)
-
-
 def run_baseline(kind: str, settings: CVFPSettings, corpus: Corpus, progress: bool = True) -> dict:
     """Train a parameter-matched LSTM or Transformer on the same data and token budget as the CVFP model."""
     from newllm.models.baselines import build_matched_baseline
@@ -245,39 +190,3 @@ def run_baseline(kind: str, settings: CVFPSettings, corpus: Corpus, progress: bo
         "optimum_val_ppl": corpus.info.get("optimum_val_ppl"),
         "total_seconds": time.perf_counter() - began,
     }
-
-
-# ----------------------------------------------------------------------------------- dist_reg_weight study
-
-def dist_reg_objective(settings: CVFPSettings, progress: bool = False) -> Callable[[dict, Callable], dict]:
-    """The Optuna objective of the dist_reg_weight study: Phase 1 with the trial's parameters, then Phase 2;
-    the per-epoch validation loss is reported (so the pruner can stop bad trials) and the validation PPL returned.
-
-    The corpus is loaded once and shared by every trial.
-    """
-    corpus = load_corpus(settings.data, progress=progress)
-    phase1_fields = {f.name for f in dataclasses.fields(Phase1Config)}
-
-    def objective(params: dict, report: Callable[[int, float], None]) -> dict:
-        unknown = sorted(set(params) - phase1_fields)
-        if unknown:
-            raise ValueError(f"study parameters {unknown} are not Phase1Config fields")
-        trial_settings = dataclasses.replace(settings, phase1=dataclasses.replace(settings.phase1, **params))
-
-        def on_epoch(info: dict) -> None:
-            report(int(info["epoch"]), float(info["val_loss"]))
-
-        result = run_cvfp(trial_settings, progress=progress, corpus=corpus, epoch_callback=on_epoch)
-        row = result.row
-        return {
-            "val_ppl": float(row["val_ppl"]),
-            "val_loss": float(row["val_loss"]),
-            "val_accuracy": float(row["val_accuracy"]),
-            "train_er_pct": float(row["train_er_pct"]),
-            "val_er_pct": None if math.isnan(row["val_er_pct"]) else float(row["val_er_pct"]),
-            "is_identity": bool(result.phase1.train_metrics.is_identity),
-            "converged_ratio": float(row["phase1_converged_ratio"]),
-            "phase1_iterations": int(row["phase1_iterations"]),
-        }
-
-    return objective

@@ -1,1 +1,1 @@
-"""notebook"""
+"""What the notebooks add on top of the experiments: presets, parameters -> configs, sliders, live output."""

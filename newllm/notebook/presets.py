@@ -105,6 +105,9 @@ NOTEBOOK_PARAMS: dict[str, dict[str, Param]] = {
                     "1e-3)", minimum=1e-12),
         "schedule": Param("str", "constant", "constant", "LR schedule", choices=("constant", "cosine")),
         "resume_from": Param("optional_str", None, None, "a checkpoint to resume from (gated LM)"),
+        "sweep": Param("optional_str", None, None, "gated LM only: also run seed 002's sweep, 'ctx' (ctx_dim 256, "
+                       "512, 1024 at 6 layers) or 'layers' (6, 12, 24 layers at ctx 512); None: no sweep",
+                       choices=("ctx", "layers")),
         "seed": Param("int", 42, 42, "random seed", minimum=0),
         **{k: v for k, v in PHASES.items()
            if k in ("dist_reg_weight", "phase1_solver", "phase1_max_iterations", "phase1_min_iterations")},

@@ -17,12 +17,17 @@ import html
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+import pandas as pd
 import torch
 
 from newllm.config.models import GatedLMConfig, ModelConfig
 from newllm.config.training import Phase2Config
+from newllm.data.corpus import load_corpus
+from newllm.experiments.advanced_training import TrainingSetup
+from newllm.notebook.parameters import cvfp_embed_dim, gated_batch_size, settings_from_parameters
 from newllm.training.planner import (
     GATED_MEMORY_SAFETY,
+    GiB,
     MemoryBudget,
     MemoryPlanError,
     Phase2Workload,
@@ -232,7 +237,7 @@ def notebook_controls(
     """The sliders of a notebook's resolved parameters: ctx_dim and layers, and for the CVFP model ``samples``.
 
     ``tokens_per_sample`` / ``val_tokens`` turn the samples slider into token counts (measure them on the corpus,
-    e.g. :func:`newllm.notebook.pipelines.data_sizes`). A list of sizes (the scaling sweep) shows its largest
+    e.g. :func:`data_sizes`). A list of sizes (the scaling sweep) shows its largest
     size and is not changed by the slider (estimate only); a single size is. ``batch_size``: gated windows per
     batch (default 32) or cvfp Phase-2 tokens per step (default: the planner's). ``budget``: this machine by default.
     """
@@ -257,3 +262,65 @@ def notebook_controls(
                              val_tokens=val_tokens, phase2=phase2, batch_size=batch_size or 32)
 
     return size_controls(initial, estimator, applied, labels)
+
+
+# ---------------------------------------------------------------------------------- the notebooks' controls
+
+@dataclass(frozen=True)
+class DataSizes:
+    """Token counts of the notebook's corpus, for the size controls' memory estimate."""
+
+    tokens_per_sample: float  # mean training tokens per document
+    val_tokens: int
+    vocab_size: int
+    tokenizer: str
+
+
+def data_sizes(values: dict[str, Any], progress: bool = False) -> DataSizes:
+    """Load the corpus at the smallest training size of ``values`` (cached for the run) and measure it."""
+    samples = values["samples"]
+    smallest = min(samples) if isinstance(samples, (list, tuple)) else samples
+    # only the data settings matter here; the model width is any valid one
+    settings = settings_from_parameters({**values, "embed_dim": values.get("embed_dim") or values["ctx_dim"]},
+                                        samples=smallest)
+    corpus = load_corpus(settings.data, progress=progress)
+    return DataSizes(corpus.train.n_tokens / smallest, corpus.val.n_tokens, corpus.tokenizer.vocab_size,
+                     corpus.tokenizer.name)
+
+
+def training_controls(values: dict[str, Any], budget: Optional[MemoryBudget] = None) -> tuple[Any, SizeControls]:
+    """The advanced-training notebook's size sliders for its model family."""
+    if values["model_family"] == "gated":
+        return notebook_controls("gated", values, vocab_size=values["vocab_size"],
+                                 embed_dim=values["embed_dim"] or GatedLMConfig().embed_dim,
+                                 batch_size=gated_batch_size(values), budget=budget)
+    sizes = data_sizes(values)
+    return notebook_controls("cvfp", values, vocab_size=sizes.vocab_size,
+                             embed_dim=cvfp_embed_dim(values, sizes.tokenizer),
+                             tokens_per_sample=sizes.tokens_per_sample, val_tokens=sizes.val_tokens,
+                             batch_size=values["batch_size"], budget=budget)
+
+
+def training_memory(setup: TrainingSetup, budget: Optional[MemoryBudget] = None) -> tuple[pd.DataFrame, str]:
+    """The prepared run's memory on this machine: a table (component, where, GiB; PEAK last) and one line.
+
+    Gated LM: the closed-form estimate of :func:`gated_training_bytes`; CVFP: the Phase-2 memory plan.
+    """
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    budget = budget if budget is not None else MemoryBudget.probe(device)
+    where = "device" if budget.device_type == "cuda" else "host"
+    if setup.family == "gated":
+        data, batch = setup.gated_data, setup.gated_train.batch_size
+        parts = gated_training_bytes(setup.gated_model, batch, setup.gated_train.window, setup.parameters,
+                                     len(data.train))
+        rows = [{"component": k, "where": where, "GiB": v / GiB} for k, v in parts.items()]
+        rows.append({"component": "PEAK", "where": where, "GiB": sum(parts.values()) / GiB})
+        free = budget.device_free if where == "device" else budget.host_available
+        return pd.DataFrame(rows), (f"peak {format_bytes(sum(parts.values()))} on {where} (estimate, batch {batch}); "
+                                    f"{format_bytes(free)} free")
+    settings, corpus = setup.cvfp_settings, setup.corpus
+    work = Phase2Workload.from_config(settings.model, corpus.train.n_tokens, corpus.val.n_tokens)
+    plan = plan_phase2(work, settings.phase2, budget, checkpointing=True)
+    return plan.table(), (f"Phase-2 peak {format_bytes(plan.peak(where))} on {where} of "
+                          f"{format_bytes(plan.limits[where])} usable; cache on {plan.placement} as "
+                          f"{plan.cache_dtype}, batch {plan.batch_size:,} tokens")

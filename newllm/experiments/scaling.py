@@ -1,0 +1,141 @@
+"""The scaling experiment (seed 003): Phase 1 + Phase 2 per training size, the power-law fit and its plot.
+
+Data flows one way: CVFPSettings + sizes -> one row per (size, seed) in ``<run>/scaling.csv`` -> seed means ->
+power-law (and saturating) fit -> extrapolation table and the PPL-vs-tokens plot, all in the run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import pandas as pd
+
+from newllm.config.experiments import ScalingConfig
+from newllm.data.corpus import load_corpus
+from newllm.evaluation.scaling_fits import (
+    SATURATING_MIN_SIZES,
+    PowerLawFit,
+    SaturatingFit,
+    aggregate_seeds,
+    extrapolation_table,
+    fit_power_law,
+    fit_saturating,
+)
+from newllm.experiments.cvfp import CVFPSettings, run_baseline, run_cvfp
+from newllm.plotting import add_baseline_points, plot_scaling
+from newllm.utils.runs import RunFolder
+
+SCALING_TABLE = "scaling"
+SCALING_ROW_COLUMNS = ["model", "samples", "seed", "train_tokens", "parameters", "phase1_iterations",
+                       "train_er_pct", "val_er_pct", "val_ppl", "optimum_val_ppl", "val_accuracy", "total_seconds"]
+
+
+def run_scaling(
+    samples: Sequence[int],
+    settings: CVFPSettings,
+    run: RunFolder,
+    seeds: Sequence[int] = (42,),
+    baselines: Sequence[str] = (),
+    progress: bool = True,
+    on_row: Optional[Callable[[dict], None]] = None,
+) -> pd.DataFrame:
+    """Phase 1 + Phase 2 for every (samples, seed) on the same fixed validation set.
+
+    Each finished size is appended to ``<run>/scaling.csv`` at once; rows already there are skipped, so an
+    interrupted sweep resumes at the next size (call again with the same ``run``, e.g. ``RunFolder.create(...,
+    resume=True)``). ``baselines`` ("lstm", "transformer") are trained on the same data and token budget with a
+    parameter count matched to the CVFP model; their rows have ``model`` set to the baseline's name.
+    """
+    if not samples:
+        raise ValueError("samples is empty: give at least one training size, e.g. [50, 100, 200]")
+    done = run.read_table(SCALING_TABLE)
+    finished = set()
+    if not done.empty:
+        finished = {(str(r.model), int(r.samples), int(r.seed)) for r in done.itertuples()}
+    run.write_config(settings=settings.to_dict(), sweep={"samples": list(samples), "seeds": list(seeds),
+                                                         "baselines": list(baselines)})
+    for n in sorted(samples):
+        for seed in seeds:
+            size_settings = dataclasses.replace(settings.with_seed(seed), data=dataclasses.replace(settings.data,
+                                                                                                   samples=n))
+            corpus = None
+            if ("cvfp", n, seed) not in finished:
+                corpus = load_corpus(size_settings.data, progress=progress)
+                began = time.perf_counter()
+                result = run_cvfp(size_settings, progress=progress, corpus=corpus)
+                row = {"model": "cvfp", **result.row, "total_seconds": time.perf_counter() - began}
+                run.append_row(SCALING_TABLE, row)
+                if on_row is not None:
+                    on_row(row)
+            for kind in baselines:
+                if (kind, n, seed) in finished:
+                    continue
+                corpus = corpus or load_corpus(size_settings.data, progress=progress)
+                row = run_baseline(kind, size_settings, corpus, progress=progress)
+                run.append_row(SCALING_TABLE, row)
+                if on_row is not None:
+                    on_row(row)
+    return run.read_table(SCALING_TABLE)
+
+
+@dataclass
+class ScalingOutcome:
+    """A finished scaling experiment: its table, fits and where everything was written."""
+
+    run: RunFolder
+    table: pd.DataFrame
+    points: pd.DataFrame  # CVFP rows aggregated over seeds: tokens, ppl_mean, ppl_std, n_runs
+    power_law: PowerLawFit
+    saturating: Optional[SaturatingFit]
+    extrapolation: pd.DataFrame
+
+    def report(self) -> str:
+        cols = ["model", "samples", "seed", "train_tokens", "phase1_iterations", "train_er_pct", "val_er_pct",
+                "best_epoch", "val_ppl", "optimum_val_ppl", "val_accuracy"]
+        shown = self.table[[c for c in cols if c in self.table]]
+        lines = [shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"), "", self.power_law.summary()]
+        if self.saturating is not None:
+            lines.append(self.saturating.summary())
+        return "\n".join(lines)
+
+
+def fit_scaling_table(table: pd.DataFrame, n_bootstrap: int = 300, progress: bool = False):
+    """Aggregate the CVFP rows over seeds and fit PPL = A * tokens^alpha (and the saturating law when possible)."""
+    cvfp = table[table["model"] == "cvfp"] if "model" in table else table
+    points = aggregate_seeds(cvfp, size_col="train_tokens", value_col="val_ppl", seed_col="seed")
+    config = ScalingConfig(n_bootstrap=n_bootstrap)
+    power = fit_power_law(points["train_tokens"], points["val_ppl_mean"], config, progress=progress)
+    saturating = None
+    if len(points) >= SATURATING_MIN_SIZES:
+        saturating = fit_saturating(points["train_tokens"], points["val_ppl_mean"], config, progress=progress)
+    fits = {"power law": power} if saturating is None else {"power law": power, "saturating": saturating}
+    return points, power, saturating, extrapolation_table(fits)
+
+
+def run_scaling_sweep(
+    settings: CVFPSettings,
+    run: RunFolder,
+    samples: Sequence[int],
+    seeds: Sequence[int] = (42,),
+    baselines: Sequence[str] = (),
+    on_row: Optional[Callable[[dict], None]] = None,
+    progress: bool = True,
+) -> ScalingOutcome:
+    """The whole experiment into ``run``: the sweep (:func:`run_scaling`), the fits, ``extrapolation.csv``,
+    ``fits.json`` and ``ppl_vs_tokens.png`` (log-log, with the fit and any baselines' points)."""
+    table = run_scaling(samples, settings, run, seeds=seeds, baselines=baselines, progress=progress, on_row=on_row)
+    with warnings.catch_warnings():  # a refused fit (fewer than 3 sizes) is reported in the outcome, not warned
+        warnings.simplefilter("ignore")
+        points, power, saturating, extrapolation = fit_scaling_table(table, progress=progress)
+    run.write_table("extrapolation", extrapolation)
+    run.write_json("fits", {"power_law": power.to_dict(),
+                            "saturating": saturating.to_dict() if saturating is not None else None})
+    figure = plot_scaling(points, power_law=power, saturating=saturating, size_col="train_tokens",
+                          value_col="val_ppl")
+    add_baseline_points(figure, table)
+    run.save_figure(figure, "ppl_vs_tokens")
+    return ScalingOutcome(run, table, points, power, saturating, extrapolation)
