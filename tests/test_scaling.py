@@ -355,3 +355,35 @@ def test_baseline_points_are_drawn_on_the_scaling_axes():
     assert line.get_xdata().tolist() == [100, 200] and line.get_ydata().tolist() == [8.0, 7.0]
     assert "lstm baseline (11 parameters)" in line.get_label()
     assert add_baseline_points(fig, table[table["model"] == "cvfp"]) == []
+
+
+def test_the_sweep_frees_each_size_before_the_next(tmp_path, monkeypatch):
+    import gc
+    import weakref
+
+    import newllm.experiments.scaling as scaling
+    from newllm.config.data import DataConfig
+    from newllm.config.models import ModelConfig
+    from newllm.experiments.cvfp import CVFPSettings
+    from newllm.utils.runs import RunFolder
+
+    class FakeRun:  # stands for a CVFPRun: model, contexts and caches on the device
+        def __init__(self, n):
+            self.row = {"samples": n, "seed": 42, "val_ppl": 10.0}
+
+    alive = []
+
+    def fake_run_cvfp(settings, progress=True, corpus=None):
+        gc.collect()
+        assert all(ref() is None for ref in alive), "the previous size's run is still referenced"
+        run = FakeRun(settings.data.samples)
+        alive.append(weakref.ref(run))
+        return run
+
+    monkeypatch.setattr(scaling, "run_cvfp", fake_run_cvfp)
+    monkeypatch.setattr(scaling, "load_corpus", lambda cfg, progress=True: None)
+    settings = CVFPSettings(data=DataConfig(dataset="builtin", samples=2, val_samples=2),
+                            model=ModelConfig(ctx_dim=8, embed_dim=8, num_layers=1, embedding="random"))
+    run = RunFolder.create("scaling", "free_test", results_dir=tmp_path)
+    table = scaling.run_scaling([2, 4, 8], settings, run, progress=False)
+    assert sorted(table["samples"]) == [2, 4, 8] and len(alive) == 3

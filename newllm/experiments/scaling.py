@@ -27,6 +27,7 @@ from newllm.evaluation.scaling_fits import (
 )
 from newllm.experiments.cvfp import CVFPSettings, run_baseline, run_cvfp
 from newllm.plotting import add_baseline_points, plot_scaling
+from newllm.training.common import free_device_memory
 from newllm.utils.runs import RunFolder
 
 SCALING_TABLE = "scaling"
@@ -68,6 +69,9 @@ def run_scaling(
                 began = time.perf_counter()
                 result = run_cvfp(size_settings, progress=progress, corpus=corpus)
                 row = {"model": "cvfp", **result.row, "total_seconds": time.perf_counter() - began}
+                # the next size must not run beside this one's model, contexts and caches on the GPU
+                del result
+                free_device_memory()
                 run.append_row(SCALING_TABLE, row)
                 if on_row is not None:
                     on_row(row)
@@ -76,6 +80,7 @@ def run_scaling(
                     continue
                 corpus = corpus or load_corpus(size_settings.data, progress=progress)
                 row = run_baseline(kind, size_settings, corpus, progress=progress)
+                free_device_memory()
                 run.append_row(SCALING_TABLE, row)
                 if on_row is not None:
                     on_row(row)

@@ -1,4 +1,4 @@
-"""The models: the CVFP model (ContextBlock + TokenBlock, "E-architecture") and the gated context-vector LM.
+"""The CVFP model (ContextBlock + TokenBlock, "E-architecture").
 
 CVFP (seed-spec 5.1). For token i with input x_i (the concatenated, LayerNorm-ed embeddings of the last k tokens)
 and the carried context c_{i-1}:
@@ -11,9 +11,6 @@ and the carried context c_{i-1}:
 TokenLayer l reads ContextBlock layer l. The token's share of each ContextLayer's projection, W_l[:, a:] x_i + b_l,
 does not depend on the context, so it is computed for all tokens at once (``ContextBlock.token_projections``);
 only the context share runs token by token.
-
-Gated LM (seed-spec 2.1): h_t = MLP([e_t; c_{t-1}]), logits_t = W_o h_t, and
-c_t = clip(LN(sigmoid(W_f h_t) * c_{t-1} + sigmoid(W_i h_t) * W_u h_t), -10, 10), trained end to end.
 """
 
 from __future__ import annotations

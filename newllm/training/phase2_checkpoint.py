@@ -1,5 +1,6 @@
-"""Phase 2's checkpoint file: the model with a copy of its best weights, the JSON state of the loop, the
-previous file kept beside the latest, and the checks that decide whether a run may resume from it."""
+"""Phase 2's checkpoint file: the trainable weights with a copy of the best ones, a fingerprint of the frozen ones,
+the JSON state of the loop, the previous file kept beside the latest, and the checks that decide whether a run may
+resume from it."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""utils"""
+"""Utilities every layer may use: atomic writes, run folders, checkpoints, devices and seeding."""
