@@ -2,6 +2,10 @@
 
 Perplexity is only comparable between runs with the same tokenizer and vocabulary; bits per byte (total
 cross-entropy in bits divided by the UTF-8 bytes of the text) is comparable across tokenizers.
+
+Accuracy is top-1: a token counts as a hit when its logit is strictly above every other logit. A tie is a miss, so
+a model that predicts nothing (a constant head, e.g. the zero head Phase 2 starts from) scores 0, not 100 %; every
+model of the kit is scored by this one rule (:func:`top1_hits`, and the chunked cross-entropy's own count).
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+import torch
+
 
 @dataclass(frozen=True)
 class LMEval:
@@ -17,7 +23,7 @@ class LMEval:
 
     loss: float  # mean cross-entropy per predicted token, nats
     tokens: int  # predicted tokens
-    correct: int  # argmax == target
+    correct: int  # top-1 hits: the target's logit above every other (a tie is a miss)
     tokenizer: str
     vocab_size: int
     n_bytes: Optional[int] = None  # UTF-8 bytes of the evaluated text, for bits per byte
@@ -62,3 +68,10 @@ def bits_per_byte(mean_loss_nats: float, tokens: int, n_bytes: int) -> float:
     if n_bytes <= 0:
         raise ValueError(f"n_bytes={n_bytes} must be > 0")
     return mean_loss_nats * tokens / (n_bytes * math.log(2))
+
+
+def top1_hits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per row of logits [N, V], whether the target's logit is strictly above every other one (bool [N])."""
+    picked = logits.gather(-1, targets[:, None])
+    others = logits.scatter(-1, targets[:, None], float("-inf")).amax(dim=-1, keepdim=True)
+    return (picked > others).squeeze(-1)

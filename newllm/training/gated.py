@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from newllm.config.models import GatedLMConfig
 from newllm.config.training import GatedTrainConfig
 from newllm.data.wikitext import Windows
-from newllm.evaluation.lm_metrics import LMEval
+from newllm.evaluation.lm_metrics import LMEval, top1_hits
 from newllm.models.common import parameter_count
 from newllm.models.gated import GatedContextLM
 from newllm.plotting import plot_training_curves
@@ -124,7 +124,7 @@ def experiment_name(model_cfg: GatedLMConfig, quantization: str = "none") -> str
 def _window_loss(
     model: GatedContextLM, inputs: torch.Tensor, targets: torch.Tensor, pad_id: int, amp_dtype: Optional[torch.dtype]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(summed CE over scored targets, their number, how many the argmax got right) for one batch of windows.
+    """(summed CE over scored targets, their number, top-1 hits among them) for one batch of windows.
 
     All three stay tensors on the model's device, so a training step never waits for the GPU.
     """
@@ -134,7 +134,7 @@ def _window_loss(
     flat = targets.reshape(-1)
     loss_sum = F.cross_entropy(logits, flat, ignore_index=pad_id, reduction="sum")
     scored = flat != pad_id
-    correct = ((logits.argmax(dim=-1) == flat) & scored).sum()
+    correct = (top1_hits(logits, flat.clamp(min=0)) & scored).sum()
     return loss_sum, scored.sum(), correct
 
 

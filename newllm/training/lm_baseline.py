@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from newllm.evaluation.lm_metrics import LMEval
+from newllm.evaluation.lm_metrics import LMEval, top1_hits
 from newllm.models.baselines import check_ids
 from newllm.models.cvfp import CVFPModel
 from newllm.models.gated import GatedContextLM
@@ -91,7 +91,7 @@ def evaluate_lm(
                     state = next_state
                 logits = logits.float().reshape(-1, vocab_size)
                 total_loss += float(F.cross_entropy(logits, targets.reshape(-1), reduction="sum"))
-                correct += int((logits.argmax(-1) == targets.reshape(-1)).sum())
+                correct += int(top1_hits(logits, targets.reshape(-1)).sum())
     finally:
         model.train(was_training)
     tokens = ids.numel() - 1
