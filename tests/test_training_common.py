@@ -203,6 +203,24 @@ def test_precision_on_cpu_is_fp32_without_a_scaler():
     assert grad_scaler(cpu, None) is None and grad_scaler(cpu, torch.bfloat16) is None
 
 
+@pytest.mark.filterwarnings("ignore:torch.cuda.amp.GradScaler is enabled")
+@pytest.mark.parametrize("capability, name, expected", [
+    ((7, 5), "Tesla T4", torch.float16),  # Colab's free tier: bf16 only emulated, so fp16 + GradScaler
+    ((7, 0), "Tesla V100", torch.float16),
+    ((8, 0), "A100", torch.bfloat16),
+    ((8, 9), "L4", torch.bfloat16),
+    ((9, 0), "H100", torch.bfloat16),
+])
+def test_precision_follows_the_compute_capability_not_is_bf16_supported(monkeypatch, capability, name, expected):
+    # torch.cuda.is_bf16_supported() answers True on a T4 through emulation: the kit must not ask it
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    cuda = torch.device("cuda")
+    assert autocast_dtype(cuda) == expected and autocast_dtype(cuda, "off") is None
+    scaler = grad_scaler(cuda, expected)
+    assert (scaler is not None) == (expected == torch.float16)
+
+
 def test_gated_batch_size_is_the_largest_power_of_two_that_fits():
     cfg = GatedLMConfig(ctx_dim=64, num_layers=2, vocab_size=400)
     params = 100_000
