@@ -25,7 +25,7 @@ DEFAULT_REPO_URL = "https://github.com/newllm/newllm.git"
 COLAB_CELL = f'''\
 # Colab only: clone (or update) the kit and install its requirements, never touching Colab's torch
 # (colab_setup.sh; set NEWLLM_REPO_URL for a fork). Anywhere else this cell does nothing.
-MOUNT_DRIVE = False  # True: results and checkpoints go to Google Drive (MyDrive/newllm-results), surviving disconnects
+MOUNT_DRIVE = False  # True: runs are copied to Google Drive (MyDrive/newllm-results) after every epoch, surviving disconnects
 import os
 import subprocess
 import sys
@@ -42,7 +42,10 @@ if "google.colab" in sys.modules:  # Colab's kernel imports it at start-up
         from google.colab import drive  # mounting must happen in the notebook's kernel, not in a subprocess
 
         drive.mount("/content/drive")
-        os.environ["NEWLLM_RESULTS_DIR"] = "/content/drive/MyDrive/newllm-results"  # read by find_results_dir
+        # runs are written on the VM's disk and copied whole to Drive after every epoch (RunFolder.sync): files
+        # written in place on a Drive mount can read as empty for a long while
+        os.environ["NEWLLM_RESULTS_DIR"] = "/content/newllm-results"
+        os.environ["NEWLLM_MIRROR_DIR"] = "/content/drive/MyDrive/newllm-results"
 '''
 
 EXTRA_PARAMETERS = {  # parameters of the notebook itself, not of the presets

@@ -53,7 +53,8 @@ def _setup(values):
     return cvfp_setup(settings, corpus, values["quantization"])
 
 
-def test_gated_training_writes_the_originals_files_and_compares_int8(tmp_path, fake_display):
+def test_gated_training_writes_the_originals_files_and_compares_int8(tmp_path, fake_display, monkeypatch):
+    monkeypatch.setenv("NEWLLM_MIRROR_DIR", str(tmp_path / "drive"))  # as on Colab with Google Drive mounted
     values = _advanced(quantization="int8")
     setup = _setup(values)
     assert setup.name == "new_llm_wikitext_ctx8_layers1_int8"
@@ -62,8 +63,19 @@ def test_gated_training_writes_the_originals_files_and_compares_int8(tmp_path, f
     log = []
     curves = LiveCurves("t", output=LiveOutput(fake_display(log)))
     run = nbp.open_run(EXPERIMENT, values, tmp_path, default_name=setup.name)
-    outcome = train(setup, run, on_history=curves.on_history, progress=False)
+    mirrored_during = []
+
+    def on_history(history):  # after each evaluation the epoch's checkpoint is on the mirror already
+        mirrored_during.append((run.mirror / f"checkpoints/best_{setup.name}.safetensors").is_file())
+        return curves.on_history(history)
+
+    outcome = train(setup, run, on_history=on_history, progress=False)
+    assert mirrored_during and all(mirrored_during)
     folder = tmp_path / "advanced_training" / setup.name
+    mirror = tmp_path / "drive" / "advanced_training" / setup.name
+    for path in folder.rglob("*"):
+        if path.is_file():
+            assert (mirror / path.relative_to(folder)).read_bytes() == path.read_bytes(), path.name
     assert outcome.run.path == folder
     for name in (f"{setup.name}_progress.json", f"{setup.name}_training_curves.png", "final.csv",
                  "int8_comparison.csv", "parameters.json", "config.json", f"checkpoints/best_{setup.name}.safetensors"):

@@ -84,9 +84,12 @@ def test_the_colab_cell_mounts_drive_in_the_kernel_when_asked(name, monkeypatch)
     monkeypatch.setattr("os.path.isdir", lambda path: True)
     monkeypatch.setattr("sys.path", list(sys.path))
     monkeypatch.delenv("NEWLLM_RESULTS_DIR", raising=False)
+    monkeypatch.delenv("NEWLLM_MIRROR_DIR", raising=False)
     exec(source, {})
     assert mounted == ["/content/drive"]
-    assert os.environ["NEWLLM_RESULTS_DIR"] == "/content/drive/MyDrive/newllm-results"
+    # written on the VM's disk, copied whole to Drive after every epoch (RunFolder.sync)
+    assert os.environ["NEWLLM_RESULTS_DIR"] == "/content/newllm-results"
+    assert os.environ["NEWLLM_MIRROR_DIR"] == "/content/drive/MyDrive/newllm-results"
 
 
 def test_the_build_script_reproduces_the_committed_notebooks():

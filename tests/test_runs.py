@@ -53,3 +53,33 @@ def test_resume_requires_an_existing_run_and_names_are_sanitised(tmp_path):
     assert safe_name("a b/c") == "a_b_c"
     with pytest.raises(ValueError):
         safe_name("///")
+
+
+def test_a_mirror_gets_whole_files_and_only_what_changed(tmp_path, monkeypatch):
+    monkeypatch.delenv("NEWLLM_MIRROR_DIR", raising=False)
+    local, drive = tmp_path / "local", tmp_path / "drive"
+    run = RunFolder.create("scaling", "m", results_dir=local, mirror_dir=drive)
+    assert run.mirror == drive / "scaling" / "m"
+    run.write_json("summary", {"ppl": 12.0})
+    (run.path / "ckpt").mkdir()
+    (run.path / "ckpt" / "epoch_1.safetensors").write_bytes(b"x" * 1000)
+    assert run.sync() == 2
+    assert (run.mirror / "ckpt" / "epoch_1.safetensors").read_bytes() == b"x" * 1000
+    assert run.sync() == 0  # nothing changed
+    run.append_row("scaling", {"samples": 2})
+    assert run.sync() == 1 and (run.mirror / "scaling.csv").read_text() == run.file("scaling.csv").read_text()
+    assert not [p for p in run.mirror.rglob("*.tmp")]
+    # a fresh machine (local disk empty) resumes from the mirror's copy; a new run never takes the mirror's name
+    resumed = RunFolder.create("scaling", "m", results_dir=tmp_path / "new_vm", resume=True, mirror_dir=drive)
+    assert (resumed.path / "ckpt" / "epoch_1.safetensors").exists() and resumed.mirror == run.mirror
+    fresh = RunFolder.create("scaling", "m", results_dir=tmp_path / "other_vm", mirror_dir=drive)
+    assert fresh.name == "m_2"
+    assert RunFolder.create("scaling", "plain", results_dir=local).mirror is None
+
+
+def test_the_mirror_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEWLLM_MIRROR_DIR", str(tmp_path / "drive"))
+    run = RunFolder.create("x", "y", results_dir=tmp_path / "local")
+    assert run.mirror == tmp_path / "drive" / "x" / "y"
+    with pytest.raises(ValueError, match="nor the mirror"):
+        RunFolder.create("x", "missing", results_dir=tmp_path / "local", resume=True)

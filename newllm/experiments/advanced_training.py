@@ -113,6 +113,7 @@ def train(setup: TrainingSetup, run: RunFolder, on_history: Optional[Callable[[p
         outcome.int8 = _compare_int8(setup, outcome.model)
         outcome.paths["int8_comparison"] = run.write_table("int8_comparison", outcome.int8.reset_index())
     outcome.paths["final"] = run.write_table("final", outcome.final)
+    run.sync()
     return outcome
 
 
@@ -122,9 +123,14 @@ def _train_gated(setup: TrainingSetup, run: RunFolder, on_history: Optional[Call
     run.write_config(model=setup.gated_model, train=setup.gated_train, data=data.stats,
                      resolved={"data_source": data.source})
     data.tokenizer.save(run.file(f"{setup.name}_tokenizer.json"))
+
+    def after_epoch(history: pd.DataFrame):
+        run.sync()  # the epoch's checkpoints reach the mirror (e.g. Google Drive)
+        return on_history(history) if on_history is not None else None
+
     result = train_gated_lm(
         setup.gated_model, setup.gated_train, data.train, data.val, run.path, name=setup.name,
-        tokenizer_name=data.tokenizer_label, resume_from=setup.resume_from, callback=on_history, progress=progress,
+        tokenizer_name=data.tokenizer_label, resume_from=setup.resume_from, callback=after_epoch, progress=progress,
         extra_config={"data_source": data.source, "data_stats": data.stats},
     )
     history = result.history

@@ -131,6 +131,13 @@ def run_cvfp(
     streams = settings.phase1.streams
     p1 = train_phase1(model, train_docs, settings.phase1, val_ids=val_docs, progress=progress)
     checkpoint = run.file("phase2.safetensors") if run is not None else None
+
+    def after_epoch(row: dict) -> None:
+        if run is not None:
+            run.sync()  # the epoch's checkpoint reaches the mirror (e.g. Google Drive)
+        if epoch_callback is not None:
+            epoch_callback(row)
+
     p2 = train_phase2(
         model,
         train_docs,
@@ -143,7 +150,7 @@ def run_cvfp(
         progress=progress,
         streams=streams,
         callback=phase2_callback,
-        epoch_callback=epoch_callback,
+        epoch_callback=after_epoch,
     )
     row = summarise(settings.data.samples, settings.seed, corpus, p1, p2, parameter_count(model), embedding)
     if run is not None:
@@ -153,6 +160,7 @@ def run_cvfp(
         run.write_table("phase1_history", p1.history)
         run.write_table("phase2_history", p2.history)
         run.write_json("summary", row)
+        run.sync()
     return CVFPRun(row, p1, p2, model, dict(corpus.info), embedding)
 
 

@@ -73,6 +73,7 @@ def run_scaling(
                 del result
                 free_device_memory()
                 run.append_row(SCALING_TABLE, row)
+                run.sync()
                 if on_row is not None:
                     on_row(row)
             for kind in baselines:
@@ -82,6 +83,7 @@ def run_scaling(
                 row = run_baseline(kind, size_settings, corpus, progress=progress)
                 free_device_memory()
                 run.append_row(SCALING_TABLE, row)
+                run.sync()
                 if on_row is not None:
                     on_row(row)
     return run.read_table(SCALING_TABLE)

@@ -4,12 +4,21 @@ A run folder holds ``config.json`` (every setting, plus what was resolved at run
 device, embedding), metrics tables as CSV (appended row by row, so an interrupted sweep keeps what it finished), and
 plots as PNG. Names follow the original's pattern where it had one (``new_llm_wikitext_ctx512_layers12_int8``) and an
 existing run is never overwritten: a second run with the same name gets ``_2``, ``_3``, ...
+
+A run folder can have a mirror (``mirror_dir``, or ``$NEWLLM_MIRROR_DIR``): on Colab with Google Drive mounted the
+run is written to the VM's local disk, where checkpoints are written and renamed at disk speed, and ``sync()`` copies
+what changed to ``<mirror_dir>/<experiment>/<name>/`` (the trainers' runners call it after every epoch and at the
+end). Each file goes to the mirror whole, as a temporary file renamed into place, never appended to: files appended
+on a Drive mount can read as 0 bytes for a long while (googlecolab/colabtools#2607). A resume on a fresh VM whose
+local folder is gone starts from the mirror's copy.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +29,7 @@ import pandas as pd
 from newllm.utils.io import atomic_write_json, atomic_write_text
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+MIRROR_DIR_ENV = "NEWLLM_MIRROR_DIR"
 
 
 def safe_name(name: str) -> str:
@@ -44,30 +54,62 @@ class RunFolder:
     experiment: str
     name: str
     created: float = field(default_factory=time.time)
+    mirror: Optional[Path] = None  # a second copy kept up to date by sync() (e.g. on Google Drive)
 
     @classmethod
     def create(
-        cls, experiment: str, name: Optional[str] = None, results_dir: Union[str, Path] = "results", resume: bool = False
+        cls, experiment: str, name: Optional[str] = None, results_dir: Union[str, Path] = "results", resume: bool = False,
+        mirror_dir: Optional[Union[str, Path]] = None,
     ) -> "RunFolder":
-        """Make a new run folder (never reusing an existing one unless ``resume`` names it explicitly)."""
+        """Make a new run folder (never reusing an existing one unless ``resume`` names it explicitly).
+
+        ``mirror_dir`` (default ``$NEWLLM_MIRROR_DIR``, unset: none): where :meth:`sync` keeps a copy."""
         experiment = safe_name(experiment)
         base = safe_name(name or time.strftime("run_%Y%m%d_%H%M%S"))
         root = Path(results_dir) / experiment
+        mirror_root = mirror_dir if mirror_dir is not None else os.environ.get(MIRROR_DIR_ENV) or None
+        mirror_root = Path(mirror_root).expanduser() / experiment if mirror_root else None
         if resume:
             path = root / base
+            mirrored = mirror_root / base if mirror_root is not None else None
+            if not path.is_dir() and mirrored is not None and mirrored.is_dir():
+                shutil.copytree(mirrored, path)  # a fresh machine: continue from the mirror's copy
             if not path.is_dir():
-                raise ValueError(f"cannot resume run {base!r}: {path} does not exist (omit resume to start a new run)")
-            return cls(path, experiment, base)
+                searched = str(path) if mirrored is None else f"{path} (nor the mirror {mirrored})"
+                raise ValueError(f"cannot resume run {base!r}: {searched} does not exist (omit resume to start a new run)")
+            return cls(path, experiment, base, mirror=mirrored)
         root.mkdir(parents=True, exist_ok=True)
         candidate, counter = base, 1
         while True:
             path = root / candidate
+            taken = mirror_root is not None and (mirror_root / candidate).exists()
             try:
+                if taken:  # a run of that name lives on the mirror (an earlier machine): never overwrite it
+                    raise FileExistsError(candidate)
                 path.mkdir()  # atomic claim: two processes never get the same folder
-                return cls(path, experiment, candidate)
+                return cls(path, experiment, candidate,
+                           mirror=mirror_root / candidate if mirror_root is not None else None)
             except FileExistsError:
                 counter += 1
                 candidate = f"{base}_{counter}"
+
+    def sync(self) -> int:
+        """Copy every file that is new or changed since the last sync to the mirror (none: nothing to do); each
+        file is written there whole under a temporary name and renamed into place. Returns how many were copied."""
+        if self.mirror is None:
+            return 0
+        copied = 0
+        for source in sorted(p for p in self.path.rglob("*") if p.is_file() and not p.name.endswith(".tmp")):
+            target = self.mirror / source.relative_to(self.path)
+            stat = source.stat()
+            if target.is_file() and target.stat().st_size == stat.st_size and target.stat().st_mtime >= stat.st_mtime:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = target.with_name(target.name + ".tmp")
+            shutil.copy2(source, staging)
+            os.replace(staging, target)
+            copied += 1
+        return copied
 
     def file(self, name: str) -> Path:
         return self.path / name
