@@ -83,8 +83,9 @@ def test_the_colab_cell_mounts_drive_in_the_kernel_when_asked(name, monkeypatch)
     monkeypatch.setattr("os.chdir", lambda path: None)
     monkeypatch.setattr("os.path.isdir", lambda path: True)
     monkeypatch.setattr("sys.path", list(sys.path))
-    monkeypatch.delenv("NEWLLM_RESULTS_DIR", raising=False)
-    monkeypatch.delenv("NEWLLM_MIRROR_DIR", raising=False)
+    for name in ("NEWLLM_RESULTS_DIR", "NEWLLM_MIRROR_DIR"):  # set-then-delete: monkeypatch restores them afterwards
+        monkeypatch.setenv(name, "unset")
+        monkeypatch.delenv(name)
     exec(source, {})
     assert mounted == ["/content/drive"]
     # written on the VM's disk, copied whole to Drive after every epoch (RunFolder.sync)
