@@ -243,3 +243,26 @@ def test_tf32_is_scoped_to_cuda_training_loops(monkeypatch):
     with tf32_matmuls(torch.device("cuda")):
         assert seen == ["high"]
     assert seen == ["high", before]  # restored afterwards
+
+
+def test_amp_modes(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert autocast_dtype(cuda, "fp16") == torch.float16 and autocast_dtype(cuda, "bf16") == torch.bfloat16
+    assert autocast_dtype(cpu, "fp16") is None and autocast_dtype(cpu, "bf16") is None
+    with pytest.raises(ValueError, match="amp='fp8'"):
+        autocast_dtype(cuda, "fp8")
+
+
+def test_the_deterministic_switch_turns_on_and_off():
+    from newllm.utils.runtime import seed_everything
+
+    try:
+        seed_everything(1, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+        a = torch.rand(3)
+        seed_everything(1, deterministic=True)
+        assert torch.equal(a, torch.rand(3))
+    finally:
+        seed_everything(1)
+    assert not torch.are_deterministic_algorithms_enabled()

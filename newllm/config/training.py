@@ -7,6 +7,8 @@ from typing import Optional, Union
 
 from newllm.config.base import ConfigBase
 
+AMP_MODES = ("auto", "bf16", "fp16", "off")  # on CPU every mode trains in fp32
+
 # --------------------------------------------------------------------------------------------- phase 1
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ class Phase2Config(ConfigBase):
     seed: int = 42
     micro_batch_size: Optional[int] = None  # tokens per forward/backward pass; None: planned (fits in memory)
     eval_batch_size: Optional[int] = None  # None: planned
-    amp: str = "auto"  # "auto": bf16 autocast on CUDA (fp16 + GradScaler below cc 8.0), fp32 on CPU; "off"
+    amp: str = "auto"  # "auto": bf16 autocast on CUDA (fp16 + GradScaler below cc 8.0), fp32 on CPU; "bf16", "fp16", "off"
     max_steps: Optional[int] = None  # stop after this many optimizer steps in total (budgeted runs)
     checkpoint_every_steps: Optional[int] = None  # None: checkpoint at the end of each epoch only
     cache_dir: Optional[str] = None  # folder for a disk cache; None: a temporary folder, removed afterwards
@@ -107,7 +109,7 @@ class Phase2Config(ConfigBase):
         self._optional_positive_int("batch_size")
         self._optional_positive_int("micro_batch_size")
         self._optional_positive_int("eval_batch_size")
-        self._choice("amp", ("auto", "off"))
+        self._choice("amp", AMP_MODES)
         self._optional_positive_int("max_steps")
         self._optional_positive_int("checkpoint_every_steps")
         self._choice("cache_build_method", ("auto", "loop", "sweeps", "segments"))
@@ -147,7 +149,7 @@ class GatedTrainConfig(ConfigBase):
     patience: int = 10
     min_delta: float = 1e-3
     checkpoint_every: int = 5
-    amp: str = "auto"  # "auto": bf16 on cc >= 8, fp16 + GradScaler below, off on CPU; "off"
+    amp: str = "auto"  # "auto": bf16 on cc >= 8, fp16 + GradScaler below, off on CPU; "bf16", "fp16" (CUDA), "off"
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -174,5 +176,5 @@ class GatedTrainConfig(ConfigBase):
         self._positive_int("patience")
         self._positive_float("min_delta", allow_zero=True)
         self._positive_int("checkpoint_every")
-        self._choice("amp", ("auto", "off"))
+        self._choice("amp", AMP_MODES)
         self._positive_int("seed", 0)

@@ -37,6 +37,7 @@ class CVFPSettings:
     phase2: Phase2Config = field(default_factory=Phase2Config)
     device: str = "auto"
     seed: int = 42
+    deterministic: bool = False  # bit-for-bit repeatable CUDA runs (slower): see utils.runtime.seed_everything
 
     def with_seed(self, seed: int) -> "CVFPSettings":
         """The same settings with every seed set to ``seed`` (data split and validation set stay fixed)."""
@@ -55,6 +56,7 @@ class CVFPSettings:
             "phase2": self.phase2.to_dict(),
             "device": self.device,
             "seed": self.seed,
+            "deterministic": self.deterministic,
         }
 
 
@@ -120,7 +122,7 @@ def run_cvfp(
     epoch_callback: Optional[Callable[[dict], None]] = None,
 ) -> CVFPRun:
     """Load the data, build the model, run Phase 1 then Phase 2, and summarise (writing to ``run`` when given)."""
-    seed_everything(settings.seed)
+    seed_everything(settings.seed, deterministic=settings.deterministic)
     device = resolve_device(settings.device)
     corpus = corpus if corpus is not None else load_corpus(settings.data, progress=progress)
     model_cfg = model_for_corpus(settings.model, corpus)

@@ -21,9 +21,15 @@ MAX_OOM_HALVINGS = 3
 # ------------------------------------------------------------------------------------------ precision
 
 def autocast_dtype(device: torch.device, amp: str = "auto") -> Optional[torch.dtype]:
-    """bf16 on compute capability >= 8.0, fp16 below (use a GradScaler), None (fp32) on CPU or with amp="off"."""
-    if amp != "auto" or device.type != "cuda":
+    """The autocast dtype of ``amp`` on ``device``: "auto" is bf16 on compute capability >= 8.0 and fp16 below (with
+    a GradScaler; ``torch.cuda.is_bf16_supported()`` is not asked: it answers True on a T4 through emulation);
+    "bf16" / "fp16" force one; "off" and every mode on a CPU are fp32 (None)."""
+    if amp not in ("auto", "bf16", "fp16", "off"):
+        raise ValueError(f"amp={amp!r}: use 'auto', 'bf16', 'fp16' or 'off'")
+    if amp == "off" or device.type != "cuda":
         return None
+    if amp != "auto":
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     major, _ = torch.cuda.get_device_capability(device)
     return torch.bfloat16 if major >= 8 else torch.float16
 

@@ -19,9 +19,18 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices) from one integer."""
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch (all devices) from one integer.
+
+    ``deterministic=True`` also makes CUDA runs repeat bit for bit (same machine, same settings): PyTorch's
+    deterministic algorithms (an op without one raises), no cuDNN autotuning, and the cuBLAS workspace setting that
+    deterministic matmuls need (it must be set before cuBLAS starts; set CUBLAS_WORKSPACE_CONFIG=:4096:8 yourself if
+    CUDA was used earlier in the process). Slower; off by default. ``False`` turns the switch back off."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = False if deterministic else torch.backends.cudnn.benchmark
