@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import statistics
 import sys
@@ -38,7 +39,7 @@ from newllm.training.phase1 import train_phase1  # noqa: E402
 from newllm.utils.io import atomic_write_json  # noqa: E402
 from newllm.utils.runtime import seed_everything  # noqa: E402
 
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("NEWLLM_SHARED_DATA", REPO.parent / "shared" / "data"))  # carry it to a GPU machine
 ORIGINAL = {"sequential_s_per_iteration": 42.5, "sequential_total_s": 226.0, "parallel_total_s": 22.7,
             "token_loop_us_per_token": 2418.0}
 VOCAB = 50257
