@@ -345,3 +345,24 @@ def test_training_curves_have_loss_and_log_scale_ppl_panels(tmp_path):
     assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
     with pytest.raises(ValueError, match="val_loss"):
         plot_training_curves(history.drop(columns="val_loss"))
+
+
+def test_evaluation_backs_off_a_device_oom(windows, monkeypatch):
+    import newllm.training.gated as gated_module
+
+    _, val = windows
+    model = GatedContextLM(MODEL)
+    expected = evaluate_windows(model, val, 64, "word")
+    real, sizes = gated_module._window_loss, []
+
+    def flaky(model_, inputs, *args):
+        sizes.append(inputs.shape[0])
+        if inputs.shape[0] > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(model_, inputs, *args)
+
+    monkeypatch.setattr(gated_module, "_window_loss", flaky)
+    with pytest.warns(RuntimeWarning, match="gated LM evaluation: out of device memory"):
+        got = evaluate_windows(model, val, 16, "word")
+    assert max(sizes[2:]) <= 4 and got.tokens == expected.tokens
+    assert got.loss == pytest.approx(expected.loss, rel=1e-5) and got.correct == expected.correct

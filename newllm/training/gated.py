@@ -201,15 +201,25 @@ def evaluate_windows(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    loss_total, tokens, correct = 0.0, 0, 0
-    for start in tqdm(range(0, len(windows), batch_size), desc="eval", leave=False, disable=not progress):
-        inputs = windows.inputs[start:start + batch_size].to(device)
-        targets = windows.targets[start:start + batch_size].to(device)
-        loss_sum, n, c = _window_loss(model, inputs, targets, windows.pad_id, amp_dtype)
-        loss_total += float(loss_sum)
-        tokens += int(n)
-        correct += int(c)
-    model.train(was_training)
+
+    def run(size: int) -> tuple[float, int, int]:
+        loss_total, tokens, correct = 0.0, 0, 0
+        for start in tqdm(range(0, len(windows), size), desc="eval", leave=False, disable=not progress):
+            inputs = windows.inputs[start:start + size].to(device)
+            targets = windows.targets[start:start + size].to(device)
+            loss_sum, n, c = _window_loss(model, inputs, targets, windows.pad_id, amp_dtype)
+            loss_total += float(loss_sum)
+            tokens += int(n)
+            correct += int(c)
+        return loss_total, tokens, correct
+
+    # a device OOM halves the windows per batch and evaluates again from the start
+    backoff = OOMBackoff(batch_size, MAX_OOM_HALVINGS, "gated LM evaluation", unit="windows",
+                         hint="Lower GatedTrainConfig.batch_size.")
+    try:
+        loss_total, tokens, correct = backoff.run(run, cleanup=lambda: None)
+    finally:
+        model.train(was_training)
     return LMEval(loss=loss_total / tokens, tokens=tokens, correct=correct, tokenizer=tokenizer_name,
                   vocab_size=model.cfg.vocab_size)
 
