@@ -93,3 +93,20 @@ def test_non_json_state_is_rejected_before_writing(tmp_path):
     with pytest.raises(ValueError, match="JSON"):
         save_checkpoint(tmp_path / "c.safetensors", model, state={"obj": object()})
     assert not list(tmp_path.iterdir())
+
+
+def test_flipped_tensor_bytes_are_refused(tmp_path):
+    import json
+    import struct
+
+    model = torch.nn.Linear(8, 4)
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, model, state={"epoch": 1})
+    data = bytearray(path.read_bytes())
+    header = struct.unpack("<Q", data[:8])[0]
+    entry = json.loads(data[8:8 + header])["model.weight"]
+    start = 8 + header + entry["data_offsets"][0]
+    data[start + 5] ^= 0x10  # one bit of one weight: safetensors itself loads this without complaint
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupted: its tensors no longer match the content hash"):
+        load_checkpoint(path, torch.nn.Linear(8, 4))

@@ -345,3 +345,20 @@ def test_resume_refuses_a_different_config_or_data(tmp_path):
                      budget=BUDGET)
     with pytest.raises(ValueError, match="checkpoint_path"):
         run(tiny_model(), config(), resume=True)
+
+
+def test_a_checkpoint_with_flipped_bytes_is_refused_and_the_previous_one_offered(tmp_path):
+    import json
+    import struct
+
+    path = tmp_path / "ckpt.safetensors"
+    interrupted_run(path, 3)
+    data = bytearray(path.read_bytes())
+    header = struct.unpack("<Q", data[:8])[0]
+    name = next(k for k in json.loads(data[8:8 + header]) if k.startswith("model.trainable"))
+    start = 8 + header + json.loads(data[8:8 + header])[name]["data_offsets"][0]
+    data[start + 2] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="content hash") as error:
+        run(tiny_model(), config(checkpoint_every_steps=1), checkpoint_path=path, resume=True)
+    assert str(previous_checkpoint_path(path)) in str(error.value)

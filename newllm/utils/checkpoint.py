@@ -3,10 +3,14 @@
 Nothing is pickled: tensors go through safetensors, everything else (optimizer hyper-parameters, step counters,
 data cursors, histories, python/numpy RNG states) through JSON. Writes are atomic (temporary file, then rename), so
 an interrupted save leaves the previous checkpoint intact, and a truncated or corrupted file is reported clearly.
+The metadata carries a SHA-256 of every tensor's name, dtype, shape and bytes, verified on every read: a file whose
+tensor bytes changed on disk (a flipped bit loads without any safetensors error) is refused instead of resuming
+silently wrong. Files written before the hash existed load without the check.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -27,6 +31,17 @@ _RNG = "rng."
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, corrupted or does not match the model."""
+
+
+def content_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors' names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -113,6 +128,7 @@ def save_checkpoint(
     if save_rng:
         rng_tensors, meta["rng"] = _rng_state()
         tensors.update(rng_tensors)
+    meta["content_sha256"] = content_hash(tensors)
     try:
         metadata = {"newllm": json.dumps(meta, default=_json_scalar)}
     except TypeError as exc:
@@ -147,6 +163,12 @@ def read_checkpoint(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], di
         ) from None
     if not meta or meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{str(path)!r} is not a newllm checkpoint (format version {FORMAT_VERSION})")
+    expected = meta.get("content_sha256")
+    if expected is not None and content_hash(tensors) != expected:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupted: its tensors no longer match the content hash written with them "
+            "(bytes changed on disk); resume from an earlier checkpoint or start again"
+        )
     return tensors, meta
 
 
