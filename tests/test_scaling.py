@@ -282,7 +282,7 @@ def test_extrapolation_table_shape_and_intervals(seed003_saturating):
     fits = {"power law": power_law(SEED003_TOKENS, SEED003_PPL), "saturating": seed003_saturating}
     table = extrapolation_table(fits)
     assert list(table.columns) == [
-        "fit", "tokens", "ppl", "ppl_low", "ppl_high", "change_2x", "change_2x_low", "change_2x_high"
+        "fit", "tokens", "ppl", "ppl_low", "ppl_high", "change_2x", "change_2x_low", "change_2x_high", "note"
     ]
     assert len(table) == 2 * len(ScalingConfig().targets)
     assert (table.ppl_low <= table.ppl_high).all() and (table.change_2x_low <= table.change_2x_high).all()
@@ -387,3 +387,27 @@ def test_the_sweep_frees_each_size_before_the_next(tmp_path, monkeypatch):
     run = RunFolder.create("scaling", "free_test", results_dir=tmp_path)
     table = scaling.run_scaling([2, 4, 8], settings, run, progress=False)
     assert sorted(table["samples"]) == [2, 4, 8] and len(alive) == 3
+
+
+def test_the_saturating_floor_stays_at_or_above_a_known_optimum():
+    from newllm.evaluation.scaling_fits import extrapolation_table, fit_saturating
+
+    sizes = np.array([1e4, 2e4, 4e4, 8e4, 1.6e5])
+    ppl = np.exp(1.0 + 30.0 / sizes**0.3)  # the truth flattens at PPL e^1 = 2.72
+    free = fit_saturating(sizes, ppl, ScalingConfig(n_bootstrap=20), progress=False)
+    assert free.asymptotic_ppl == pytest.approx(math.e, rel=1e-3)
+    bounded = fit_saturating(sizes, ppl, ScalingConfig(n_bootstrap=20), progress=False, optimum_ppl=5.0)
+    assert bounded.ok and bounded.asymptotic_ppl >= 5.0 - 1e-9  # never below what the data allows
+    table = extrapolation_table({"saturating": free}, targets=[1e9], optimum_ppl=5.0)
+    assert table["note"].iloc[0] == "impossible: below the known optimum 5"
+    with pytest.warns(UserWarning):
+        refused = fit_saturating(sizes, ppl, ScalingConfig(n_bootstrap=20), progress=False, optimum_ppl=100.0)
+    assert not refused.ok and "below the data's known optimum" in refused.reason
+
+
+def test_extrapolations_below_one_are_flagged():
+    from newllm.evaluation.scaling_fits import extrapolation_table, fit_power_law
+
+    fit = fit_power_law([1e3, 1e4, 1e5], [100.0, 20.0, 4.0], ScalingConfig(n_bootstrap=20), progress=False)
+    table = extrapolation_table({"power law": fit}, targets=[1e6, 1e8])
+    assert table["note"].tolist()[1] == "impossible: PPL below 1" and table["ppl"].iloc[1] < 1

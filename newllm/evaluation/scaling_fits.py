@@ -17,6 +17,11 @@ power law (2 parameters; with 2 points R^2 is 1 by construction and no p-value e
 (3 parameters). With fewer, the fit is refused: a ``ScalingFitWarning`` is issued and the result has ``ok=False``,
 a ``reason`` and NaN values.
 
+Fits refuse the impossible. A perplexity is at least 1, and when the data's best achievable perplexity is known
+(the built-in corpus's optimum), no amount of data beats it: ``fit_saturating(..., optimum_ppl=...)`` keeps its
+floor exp(E) at or above that optimum, and ``extrapolation_table(..., optimum_ppl=...)`` flags (column ``note``)
+every predicted PPL below 1 or below the optimum, instead of printing it as a forecast.
+
 Pure numpy/scipy/pandas; no torch.
 """
 
@@ -313,19 +318,30 @@ def _power_law_params(sizes: np.ndarray, ppl: np.ndarray) -> np.ndarray:
 
 
 def fit_saturating(
-    sizes: ArrayLike, ppl: ArrayLike, config: Optional[ScalingConfig] = None, *, progress: bool = True
+    sizes: ArrayLike, ppl: ArrayLike, config: Optional[ScalingConfig] = None, *, progress: bool = True,
+    optimum_ppl: Optional[float] = None,
 ) -> SaturatingFit:
     """Fit ln PPL = E + B / N^beta (E >= 0, B > 0, beta > 0), with bootstrap intervals for E, B and beta.
 
     Minimises the Huber loss (threshold ``config.huber_delta``) of log(pred loss) - log(observed loss) with
     SLSQP (box bounds) from a grid of starting points and keeps the best. Runs at one size are averaged.
-    Refused (warning, ``ok=False``) with fewer than 4 distinct sizes.
+    ``optimum_ppl`` (the data's known best PPL): the floor exp(E) is kept at or above it. Refused (warning,
+    ``ok=False``) with fewer than 4 distinct sizes, or when an observed PPL is already below the optimum.
     """
     config = config or ScalingConfig()
     runs = _collect_runs(sizes, ppl, what="fit_saturating", ppl_floor=1.0)
     if len(runs.sizes) < SATURATING_MIN_SIZES:
         return _refuse(SaturatingFit, runs, SATURATING_MIN_SIZES, config)
-    best = _saturating_params(runs.sizes, runs.mean_ppl, config.huber_delta, _START_GRID)
+    e_min = 0.0
+    if optimum_ppl is not None:
+        if not optimum_ppl >= 1.0:
+            raise ValueError(f"optimum_ppl={optimum_ppl!r}: a perplexity is at least 1")
+        if runs.mean_ppl.min() <= optimum_ppl:
+            impossible = (f"an observed PPL ({runs.mean_ppl.min():.4g}) is at or below the data's known optimum "
+                          f"({optimum_ppl:.4g}): check the evaluation before fitting")
+            return _refuse(SaturatingFit, runs, SATURATING_MIN_SIZES, config, reason=impossible)
+        e_min = math.log(optimum_ppl)
+    best = _saturating_params(runs.sizes, runs.mean_ppl, config.huber_delta, _START_GRID, e_min=e_min)
     if best is None:
         failed = "the optimiser failed from every start"
         return _refuse(SaturatingFit, runs, SATURATING_MIN_SIZES, config, reason=failed)
@@ -333,7 +349,7 @@ def fit_saturating(
     def fit_resample(sizes_: np.ndarray, ppl_: np.ndarray) -> Optional[np.ndarray]:
         # A resample is a perturbation of the data, so the full fit is a good start; two grid starts guard
         # against its basin having moved. Three starts instead of 16 keep 1,000 resamples to seconds.
-        return _saturating_params(sizes_, ppl_, config.huber_delta, _BOOTSTRAP_GRID, warm_start=best)
+        return _saturating_params(sizes_, ppl_, config.huber_delta, _BOOTSTRAP_GRID, warm_start=best, e_min=e_min)
 
     samples = _bootstrap(runs, config, fit_resample, n_params=3, progress=progress, desc="saturating bootstrap")
     e, b, beta = best
@@ -355,6 +371,7 @@ def _saturating_params(
     delta: float,
     grid: tuple[tuple[float, float], ...],
     warm_start: Optional[np.ndarray] = None,
+    e_min: float = 0.0,
 ) -> Optional[np.ndarray]:
     """Best (E, B, beta) over the starts, or None when no start reached a finite objective.
 
@@ -379,27 +396,30 @@ def _saturating_params(
         grad = np.array([slope.sum(), (slope * excess).sum(), -(slope * excess * centred).sum()])
         return float(value), grad
 
+    bounds = ((e_min, _SATURATING_BOUNDS[0][1]),) + _SATURATING_BOUNDS[1:]
+    if e_min >= loss.min():  # a resample whose best point beats the floor: nothing to fit
+        return None
     starts = []
     for fraction, beta0 in grid:
-        e0 = fraction * loss.min()
+        e0 = e_min + fraction * (loss.min() - e_min)
         starts.append((e0, float(np.mean(np.log(loss - e0) - beta0 * centred)), beta0))
     if warm_start is not None:
         e0, b0, beta0 = warm_start
         starts.append((e0, math.log(b0) - beta0 * middle, beta0))
     best_value, best_theta = math.inf, None
     for start in starts:
-        start = np.clip(start, *zip(*_SATURATING_BOUNDS))
+        start = np.clip(start, *zip(*bounds))
         # SLSQP rather than L-BFGS-B: on a busy machine L-BFGS-B's multithreaded BLAS calls made this 3-parameter
         # problem ~15x slower, and from this grid SLSQP reached the same optimum from every start.
         result = optimize.minimize(
-            objective, start, jac=True, method="SLSQP", bounds=_SATURATING_BOUNDS,
+            objective, start, jac=True, method="SLSQP", bounds=bounds,
             options={"ftol": 1e-12, "maxiter": 500},
         )
         if np.isfinite(result.fun) and result.fun < best_value:
             best_value, best_theta = result.fun, result.x
     if best_theta is None:
         return None
-    e, c, beta = np.clip(best_theta, *zip(*_SATURATING_BOUNDS))  # no rounding excursion past E >= 0
+    e, c, beta = np.clip(best_theta, *zip(*bounds))  # no rounding excursion past the floor
     return np.array([e, math.exp(c + beta * middle), beta])
 
 
@@ -479,12 +499,14 @@ def _refuse(cls: type, runs: _Runs, minimum: int, config: ScalingConfig, reason:
 
 # ---------------------------------------------------------------------------------------- extrapolation
 
-def extrapolation_table(fits: Mapping[str, ScalingFit], targets: Optional[Sequence[float]] = None) -> pd.DataFrame:
+def extrapolation_table(fits: Mapping[str, ScalingFit], targets: Optional[Sequence[float]] = None,
+                        optimum_ppl: Optional[float] = None) -> pd.DataFrame:
     """Predicted PPL per fit and target size, with bootstrap intervals, and the PPL change for 2x data there.
 
     ``fits`` maps a label to a fit; ``targets`` defaults to ``ScalingConfig().targets`` (5e5 ... 1e7 tokens).
-    Columns: fit, tokens, ppl, ppl_low, ppl_high, change_2x, change_2x_low, change_2x_high (fractions, -0.22 = -22 %).
-    A refused fit gives NaN rows.
+    Columns: fit, tokens, ppl, ppl_low, ppl_high, change_2x, change_2x_low, change_2x_high (fractions, -0.22 = -22 %),
+    note: "impossible: PPL below 1" or "impossible: below the known optimum X" where the prediction is (the fit's
+    form cannot hold that far), else "". A refused fit gives NaN rows.
     """
     if not isinstance(fits, Mapping) or not fits:
         raise ValueError("extrapolation_table needs a non-empty mapping {label: fit}, e.g. {'power law': fit}")
@@ -505,4 +527,16 @@ def extrapolation_table(fits: Mapping[str, ScalingFit], targets: Optional[Sequen
             "change_2x_low": change_low,
             "change_2x_high": change_high,
         }))
-    return pd.concat(frames, ignore_index=True)
+    table = pd.concat(frames, ignore_index=True)
+    table["note"] = [_impossible(ppl, optimum_ppl) for ppl in table["ppl"]]
+    return table
+
+
+def _impossible(ppl: float, optimum_ppl: Optional[float]) -> str:
+    if not np.isfinite(ppl):
+        return ""
+    if ppl < 1.0:
+        return "impossible: PPL below 1"
+    if optimum_ppl is not None and ppl < optimum_ppl:
+        return f"impossible: below the known optimum {optimum_ppl:.4g}"
+    return ""

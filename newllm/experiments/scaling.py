@@ -116,11 +116,15 @@ def fit_scaling_table(table: pd.DataFrame, n_bootstrap: int = 300, progress: boo
     points = aggregate_seeds(cvfp, size_col="train_tokens", value_col="val_ppl", seed_col="seed")
     config = ScalingConfig(n_bootstrap=n_bootstrap)
     power = fit_power_law(points["train_tokens"], points["val_ppl_mean"], config, progress=progress)
+    # the built-in corpus's best achievable PPL: no fit may promise to beat it
+    known = cvfp["optimum_val_ppl"].dropna() if "optimum_val_ppl" in cvfp else pd.Series(dtype=float)
+    optimum = float(known.iloc[0]) if len(known) else None
     saturating = None
     if len(points) >= SATURATING_MIN_SIZES:
-        saturating = fit_saturating(points["train_tokens"], points["val_ppl_mean"], config, progress=progress)
+        saturating = fit_saturating(points["train_tokens"], points["val_ppl_mean"], config, progress=progress,
+                                    optimum_ppl=optimum)
     fits = {"power law": power} if saturating is None else {"power law": power, "saturating": saturating}
-    return points, power, saturating, extrapolation_table(fits)
+    return points, power, saturating, extrapolation_table(fits, optimum_ppl=optimum)
 
 
 def run_scaling_sweep(
