@@ -94,3 +94,26 @@ def test_cvfp_embedding_follows_the_tokenizer():
     assert nbp.cvfp_embed_dim({"embed_dim": None, "ctx_dim": 16}, "word") == 16
     assert nbp.cvfp_embed_dim({"embed_dim": None, "ctx_dim": 16}, "gpt2") == 768
     assert nbp.cvfp_embedding("gpt2", 768) == "auto" and nbp.cvfp_embedding("word", 768) == "random"
+
+
+def test_a_resume_takes_the_recorded_parameters_and_refuses_other_settings(tmp_path):
+    from newllm.notebook.parameters import notebook_values, open_run
+
+    first = notebook_values("scaling", "cpu", {"samples": [2, 4], "ctx_dim": 32})
+    run = open_run("scaling", first, tmp_path, "my_sweep")
+    # the README's line: -p run_name my_sweep -p resume True, nothing else
+    again = notebook_values("scaling", "auto", {"resume": True, "run_name": "my_sweep", "results_dir": str(tmp_path)})
+    assert again["samples"] == [2, 4] and again["ctx_dim"] == 32
+    assert open_run("scaling", again, tmp_path, "my_sweep", resume=True).path == run.path
+    more = notebook_values("scaling", "auto", {"resume": True, "run_name": "my_sweep", "results_dir": str(tmp_path),
+                                               "samples": [2, 4, 8]})
+    open_run("scaling", more, tmp_path, "my_sweep", resume=True)  # adding a size is a resume
+    other = notebook_values("scaling", "auto", {"resume": True, "run_name": "my_sweep", "results_dir": str(tmp_path),
+                                                "ctx_dim": 64})
+    with pytest.raises(ValueError, match=r"ctx_dim: 32 -> 64.*Start a new run"):
+        open_run("scaling", other, tmp_path, "my_sweep", resume=True)
+    for bad in ("no", "True", 1):
+        with pytest.raises(ValueError, match="resume=.* is not allowed: use True or False"):
+            notebook_values("scaling", "cpu", {"resume": bad, "run_name": "my_sweep"})
+    with pytest.raises(ValueError, match="cannot resume run 'nope'"):
+        notebook_values("scaling", "cpu", {"resume": True, "run_name": "nope", "results_dir": str(tmp_path)})

@@ -411,3 +411,63 @@ def test_extrapolations_below_one_are_flagged():
     fit = fit_power_law([1e3, 1e4, 1e5], [100.0, 20.0, 4.0], ScalingConfig(n_bootstrap=20), progress=False)
     table = extrapolation_table({"power law": fit}, targets=[1e6, 1e8])
     assert table["note"].tolist()[1] == "impossible: PPL below 1" and table["ppl"].iloc[1] < 1
+
+
+def _fake_sweep(tmp_path, monkeypatch, calls):
+    import newllm.experiments.scaling as scaling
+    from newllm.config.data import DataConfig
+    from newllm.config.models import ModelConfig
+    from newllm.experiments.cvfp import CVFPSettings
+
+    class FakeRun:
+        def __init__(self, n, seed):
+            self.row = {"samples": n, "seed": seed, "val_ppl": 100.0 / n, "train_tokens": 1000 * n}
+
+    def fake_run_cvfp(settings, progress=True, corpus=None):
+        calls.append(settings.data.samples)
+        return FakeRun(settings.data.samples, settings.seed)
+
+    monkeypatch.setattr(scaling, "run_cvfp", fake_run_cvfp)
+    monkeypatch.setattr(scaling, "load_corpus", lambda cfg, progress=True: None)
+    return scaling, CVFPSettings(data=DataConfig(dataset="builtin", samples=2, val_samples=2),
+                                 model=ModelConfig(ctx_dim=8, embed_dim=8, num_layers=1, embedding="random"))
+
+
+def test_a_resumed_sweep_never_mixes_settings_and_retrains_damaged_rows(tmp_path, monkeypatch):
+    import dataclasses
+
+    from newllm.config.models import ModelConfig
+    from newllm.utils.runs import RunFolder
+
+    calls = []
+    scaling, settings = _fake_sweep(tmp_path, monkeypatch, calls)
+    run = RunFolder.create("scaling", "s", results_dir=tmp_path)
+    scaling.run_scaling([2, 4], settings, run, progress=False)
+    with pytest.raises(ValueError, match="samples lists \\[2\\] more than once"):
+        scaling.run_scaling([2, 2], settings, run, progress=False)
+    wider = dataclasses.replace(settings, model=ModelConfig(ctx_dim=16, embed_dim=8, num_layers=1,
+                                                            embedding="random"))
+    with pytest.raises(ValueError, match="model.ctx_dim: 8 -> 16"):
+        scaling.run_scaling([2, 4, 8], wider, run, progress=False)
+    assert calls == [2, 4]  # nothing trained by the refused calls
+    # a row cut mid-write: dropped, said aloud, trained again
+    table = run.file("scaling.csv")
+    table.write_text(table.read_text().rstrip("\n").rsplit(",", 3)[0] + "\n")
+    with pytest.warns(RuntimeWarning, match="damaged row"):
+        done = scaling.run_scaling([2, 4, 8], settings, run, progress=False)
+    assert calls == [2, 4, 4, 8] and sorted(done["samples"]) == [2, 4, 8]
+    assert run.read_config()["sweep"]["samples"] == [2, 4, 8]
+
+
+def test_two_processes_cannot_run_one_sweep(tmp_path, monkeypatch):
+    from newllm.utils.runs import RunFolder
+
+    calls = []
+    scaling, settings = _fake_sweep(tmp_path, monkeypatch, calls)
+    run = RunFolder.create("scaling", "s", results_dir=tmp_path)
+    with run.lock():  # another process holds it (here: this one, still alive)
+        with pytest.raises(RuntimeError, match="is in use by process"):
+            scaling.run_scaling([2], settings, run, progress=False)
+    assert calls == []
+    scaling.run_scaling([2], settings, run, progress=False)  # released: runs
+    assert calls == [2] and not run.file(".lock").exists()

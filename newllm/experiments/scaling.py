@@ -7,6 +7,7 @@ power-law (and saturating) fit -> extrapolation table and the PPL-vs-tokens plot
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -53,12 +54,52 @@ def run_scaling(
     """
     if not samples:
         raise ValueError("samples is empty: give at least one training size, e.g. [50, 100, 200]")
-    done = run.read_table(SCALING_TABLE)
-    finished = set()
-    if not done.empty:
-        finished = {(str(r.model), int(r.samples), int(r.seed)) for r in done.itertuples()}
-    run.write_config(settings=settings.to_dict(), sweep={"samples": list(samples), "seeds": list(seeds),
-                                                         "baselines": list(baselines)})
+    for name, values in (("samples", samples), ("seeds", seeds), ("baselines", baselines)):
+        repeated = sorted({v for v in values if list(values).count(v) > 1})
+        if repeated:
+            raise ValueError(f"{name} lists {repeated} more than once: give each value once")
+    with run.lock():
+        # a run folder holds one set of settings; a resume may only add sizes, seeds or baselines
+        run.record_settings(settings.to_dict())
+        finished = _finished(run)
+        config = run.read_config()
+        recorded = config.get("sweep", {"samples": [], "seeds": [], "baselines": []})
+        config["sweep"] = {key: sorted(set(recorded.get(key, [])) | set(new), key=str)
+                           for key, new in (("samples", samples), ("seeds", seeds), ("baselines", baselines))}
+        run.write_json("config", config)
+        _sweep(samples, settings, run, seeds, baselines, progress, on_row, finished)
+    return run.read_table(SCALING_TABLE)
+
+
+ROW_KEYS = ("model", "samples", "seed", "val_ppl")
+
+
+def _finished(run: RunFolder) -> set[tuple[str, int, int]]:
+    """The (model, samples, seed) rows already in the table. A damaged row (a line cut mid-write, a non-finite
+    PPL) is dropped from the table, said aloud, and trained again."""
+    path = run.file(f"{SCALING_TABLE}.csv")
+    if not path.exists():
+        return set()
+    try:
+        done = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not a readable results table ({type(error).__name__}: {error}); move it "
+                         "away to start the sweep's table again, or start a new run") from None
+    missing = [key for key in ROW_KEYS if key not in done]
+    if missing:
+        raise ValueError(f"{path} lacks the columns {missing}: it is not this sweep's table; start a new run")
+    ok = done["val_ppl"].map(lambda v: isinstance(v, (int, float)) and math.isfinite(v)) \
+        & done["samples"].notna() & done["seed"].notna()
+    if not ok.all():
+        bad = done[~ok]
+        warnings.warn(f"{path}: {len(bad)} damaged row(s) (samples {bad['samples'].tolist()}) are dropped and "
+                      "trained again", RuntimeWarning, stacklevel=3)
+        run.write_table(SCALING_TABLE, done[ok])
+        done = done[ok]
+    return {(str(r.model), int(r.samples), int(r.seed)) for r in done.itertuples()}
+
+
+def _sweep(samples, settings, run, seeds, baselines, progress, on_row, finished) -> None:
     for n in sorted(samples):
         for seed in seeds:
             size_settings = dataclasses.replace(settings.with_seed(seed), data=dataclasses.replace(settings.data,
@@ -86,7 +127,6 @@ def run_scaling(
                 run.sync()
                 if on_row is not None:
                     on_row(row)
-    return run.read_table(SCALING_TABLE)
 
 
 @dataclass

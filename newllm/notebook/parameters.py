@@ -11,6 +11,7 @@ translation the notebooks and ``python -m newllm demo`` share.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -73,14 +74,32 @@ def default_run_name(values: Mapping[str, Any], *suffixes: str) -> str:
                      *suffixes])
 
 
+# parameters a resumed run may change: what it adds (sizes, seeds, baselines, trials), not how it trains
+RESUMABLE_PARAMETERS = frozenset({"samples", "seeds", "baselines", "n_trials", "timeout"})
+
+
 def open_run(experiment: str, values: Mapping[str, Any], results_dir: PathLike, run_name: Optional[str] = None,
              default_name: Optional[str] = None, resume: bool = False) -> RunFolder:
     """``results/<experiment>/<run_name>/``, a new folder (an existing name gets _2, _3, ...) or, with ``resume``,
-    the existing ``run_name``; the resolved parameters, the preset used among them, go to parameters.json."""
+    the existing ``run_name``; the resolved parameters, the preset used among them, go to parameters.json.
+
+    A resume whose parameters differ from the recorded ones in anything but :data:`RESUMABLE_PARAMETERS` stops
+    here, before anything is written, naming the differences."""
+    if not isinstance(resume, bool):
+        raise ValueError(f"resume={resume!r} is not allowed: use True or False")
     if resume and not run_name:
         raise ValueError(f"resume needs run_name: the folder under results/{experiment}/ to continue")
     run = RunFolder.create(experiment, run_name or default_name or default_run_name(values), results_dir,
                            resume=resume)
+    if resume and run.file("parameters.json").is_file():
+        recorded = json.loads(run.file("parameters.json").read_text(encoding="utf-8"))
+        differing = sorted(k for k in set(recorded) | set(values) if k not in RESUMABLE_PARAMETERS | {"preset"}
+                           and recorded.get(k) != values.get(k))
+        if differing:
+            changes = "; ".join(f"{k}: {recorded.get(k)!r} -> {values.get(k)!r}" for k in differing)
+            raise ValueError(f"run {run.name!r} was made with other parameters ({changes}): its results would be "
+                             "mixed with these. Start a new run (another run_name, or resume=False), or resume with "
+                             "the recorded parameters (leave those at None).")
     run.write_json("parameters", dict(values))
     return run
 
@@ -89,10 +108,38 @@ def open_run(experiment: str, values: Mapping[str, Any], results_dir: PathLike, 
 
 def notebook_values(notebook: str, preset: str, namespace: Mapping[str, Any]) -> dict:
     """The notebook's parameters resolved against ``preset``; each one is read from ``namespace`` (the
-    parameters cell's ``globals()``), where None means "take the preset". Raises ValueError on a bad value."""
+    parameters cell's ``globals()``), where None means "take the preset". Raises ValueError on a bad value.
+
+    With ``resume=True`` (and ``run_name``) in the namespace, every parameter left at None takes the value the run
+    recorded in its parameters.json, not the preset's: ``-p run_name my_sweep -p resume True`` continues the sweep
+    as it was started. A parameter given explicitly wins (the experiment then checks that the run's settings did
+    not change, e.g. only sizes may be added)."""
     if notebook not in NOTEBOOK_PARAMS:
         raise ValueError(f"unknown notebook {notebook!r}: one of {sorted(NOTEBOOK_PARAMS)}")
-    return resolve(notebook, preset, **{name: namespace.get(name) for name in NOTEBOOK_PARAMS[notebook]})
+    given = {name: namespace.get(name) for name in NOTEBOOK_PARAMS[notebook]}
+    resume = namespace.get("resume", False)
+    if not isinstance(resume, bool):
+        raise ValueError(f"resume={resume!r} is not allowed: use True or False (papermill: -p resume True), not a "
+                         "string or a number")
+    if resume:
+        recorded = recorded_parameters(notebook, namespace.get("run_name"), namespace.get("results_dir"))
+        given = {name: recorded.get(name) if value is None else value for name, value in given.items()}
+        preset = recorded.get("preset_used", preset)
+    return resolve(notebook, preset, **given)
+
+
+def recorded_parameters(experiment: str, run_name: Optional[str], results_dir: Optional[PathLike] = None) -> dict:
+    """The resolved parameters a run recorded (``<results>/<experiment>/<run_name>/parameters.json``)."""
+    if not run_name:
+        raise ValueError(f"resume needs run_name: the folder under results/{experiment}/ to continue")
+    path = find_results_dir(results_dir) / experiment / str(run_name) / "parameters.json"
+    if not path.is_file():
+        raise ValueError(f"cannot resume run {run_name!r}: {path} does not exist (check run_name and results_dir, "
+                         "or set resume=False to start a new run)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot resume run {run_name!r}: {path} is unreadable ({error})") from None
 
 
 def parameters_table(values: Mapping[str, Any]) -> pd.DataFrame:

@@ -20,9 +20,12 @@ import os
 import re
 import shutil
 import time
+import socket
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import pandas as pd
 
@@ -114,6 +117,57 @@ class RunFolder:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    def record_settings(self, settings: Mapping[str, Any], may_change: Sequence[str] = ()) -> None:
+        """Write the run's settings to config.json (``settings``), or, when the folder already records some (a
+        resumed run), check that they are the same: a run folder holds the results of one set of settings only.
+        Keys (dotted paths, e.g. ``phase2.epochs``) in ``may_change`` may differ; any other difference raises
+        ValueError naming the keys and the two ways on."""
+        current = _flatten(settings)
+        config = self.read_config() if self.file("config.json").is_file() else {}
+        if "settings" in config:
+            recorded = _flatten(config["settings"])
+            differing = sorted(k for k in set(recorded) | set(current)
+                               if k not in may_change and recorded.get(k, _MISSING) != current.get(k, _MISSING))
+            if differing:
+                changes = "; ".join(f"{k}: {recorded.get(k, '(absent)')!r} -> {current.get(k, '(absent)')!r}"
+                                    for k in differing[:8])
+                raise ValueError(
+                    f"run {self.name!r} ({self.path}) was made with other settings ({changes}"
+                    f"{'; ...' if len(differing) > 8 else ''}). Its results would be mixed with these: start a new "
+                    "run (another run_name, or no resume), or resume with the recorded settings (pass none of those "
+                    "parameters)."
+                )
+        config["settings"] = dict(settings)
+        atomic_write_json(self.file("config.json"), config)
+
+    @contextmanager
+    def lock(self):
+        """Hold the run folder for this process: a second process (resuming the same run) gets a clear error
+        instead of training the same sizes twice. A lock left by a dead process on this machine is taken over."""
+        path = self.file(".lock")
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        while True:
+            try:
+                with open(path, "x", encoding="utf-8") as handle:
+                    json.dump(owner, handle)
+                break
+            except FileExistsError:
+                holder = _read_lock(path)
+                if holder and holder.get("host") == owner["host"] and not _alive(int(holder.get("pid", -1))):
+                    warnings.warn(f"run {self.name!r}: taking over the lock of process {holder.get('pid')}, which "
+                                  "is gone", RuntimeWarning, stacklevel=3)
+                    path.unlink(missing_ok=True)
+                    continue
+                raise RuntimeError(
+                    f"run {self.name!r} ({self.path}) is in use by process {holder.get('pid', '?')} on "
+                    f"{holder.get('host', '?')}; wait for it to finish, or start another run_name. If no such "
+                    f"process runs, delete {path}."
+                ) from None
+        try:
+            yield self
+        finally:
+            path.unlink(missing_ok=True)
+
     def write_config(self, **sections: Any) -> Path:
         """config.json: each section a config object (with ``to_dict``) or a plain JSON-able value."""
         payload = {key: (value.to_dict() if hasattr(value, "to_dict") else value) for key, value in sections.items()}
@@ -154,3 +208,36 @@ class RunFolder:
         with atomic_path(path) as tmp:
             figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
         return path
+
+
+_MISSING = object()
+
+
+def _flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _read_lock(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
