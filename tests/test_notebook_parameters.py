@@ -36,7 +36,7 @@ def test_repo_root_walks_up_to_the_newllm_pyproject(tmp_path):
 
 def test_notebook_values_reads_the_parameters_cell_namespace():
     namespace = {name: None for name in NOTEBOOK_PARAMS["scaling"]}
-    namespace.update(samples=7, ctx_dim=32, unrelated=object())
+    namespace.update(samples=7, ctx_dim=32, helper=lambda: None)  # a function the notebook defines is not a parameter
     values = nbp.notebook_values("scaling", "cpu", namespace)
     assert values["samples"] == [7] and values["ctx_dim"] == 32
     assert values["layers"] == NOTEBOOK_PARAMS["scaling"]["layers"].cpu
@@ -117,3 +117,16 @@ def test_a_resume_takes_the_recorded_parameters_and_refuses_other_settings(tmp_p
             notebook_values("scaling", "cpu", {"resume": bad, "run_name": "my_sweep"})
     with pytest.raises(ValueError, match="cannot resume run 'nope'"):
         notebook_values("scaling", "cpu", {"resume": True, "run_name": "nope", "results_dir": str(tmp_path)})
+
+
+def test_a_misspelt_parameter_stops_the_notebook():
+    import os
+
+    from newllm.notebook.parameters import notebook_values
+
+    namespace = {"preset": "cpu", "sampels": [200], "results_dir": None, "os": os, "MOUNT_DRIVE": False,
+                 "_i1": "x", "In": [], "get_ipython": lambda: None}
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) for scaling: 'sampels' \(did you mean 'samples'\?\)"):
+        notebook_values("scaling", "cpu", namespace)
+    del namespace["sampels"]
+    assert notebook_values("scaling", "cpu", namespace)["preset_used"] == "cpu"

@@ -136,12 +136,17 @@ def test_scaling_runs_headless_with_small_overrides(tmp_path, monkeypatch):
     assert "power law: alpha" in text or "power law not fitted" in text
 
 
-def test_a_bad_parameter_stops_at_the_cell_after_the_parameters(tmp_path):
+@pytest.mark.parametrize("parameters, message", [
+    ({"samples": -5}, "samples=-5 is not allowed: a value >= 1"),
+    ({"sampels": 200}, "unknown parameter(s) for scaling: 'sampels' (did you mean 'samples'?)"),  # a typo
+    ({"resume": "no"}, "resume='no' is not allowed: use True or False"),
+])
+def test_a_bad_parameter_stops_at_the_cell_after_the_parameters(tmp_path, parameters, message):
     from papermill.exceptions import PapermillExecutionError
 
     with pytest.raises(PapermillExecutionError) as info:
-        _execute(tmp_path, "scaling", {"samples": -5, "results_dir": str(tmp_path / "results")})
-    assert "samples=-5 is not allowed: a value >= 1" in str(info.value)
+        _execute(tmp_path, "scaling", {**parameters, "results_dir": str(tmp_path / "results")})
+    assert message in str(info.value)
     executed = nbformat.read(str(tmp_path / "scaling.out.ipynb"), as_version=4)
     failed = [i for i, c in enumerate(executed.cells) if c.cell_type == "code"
               and any(o.output_type == "error" for o in c.outputs)]

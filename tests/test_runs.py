@@ -1,3 +1,4 @@
+import os
 import threading
 
 import matplotlib
@@ -83,3 +84,30 @@ def test_the_mirror_comes_from_the_environment(tmp_path, monkeypatch):
     assert run.mirror == tmp_path / "drive" / "x" / "y"
     with pytest.raises(ValueError, match="nor the mirror"):
         RunFolder.create("x", "missing", results_dir=tmp_path / "local", resume=True)
+
+
+def test_bad_run_names_and_unwritable_results_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="must be a string"):
+        RunFolder.create("scaling", 123, results_dir=tmp_path)
+    with pytest.raises(ValueError, match="300 characters is too long"):
+        RunFolder.create("scaling", "a" * 300, results_dir=tmp_path)
+    locked = tmp_path / "read_only"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores permission bits: a file where the folder should be instead
+            locked.chmod(0o700)
+            locked.rmdir()
+            locked.write_text("not a folder")
+        with pytest.raises(ValueError, match="is not writable"):
+            RunFolder.create("scaling", "x", results_dir=locked)
+    finally:
+        if locked.is_dir():
+            locked.chmod(0o700)
+
+
+def test_a_bad_device_is_a_clear_error():
+    from newllm.utils.runtime import resolve_device
+
+    with pytest.raises(ValueError, match="device='tpu' is not allowed"):
+        resolve_device("tpu")

@@ -11,8 +11,10 @@ translation the notebooks and ``python -m newllm demo`` share.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import types
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -116,6 +118,7 @@ def notebook_values(notebook: str, preset: str, namespace: Mapping[str, Any]) ->
     not change, e.g. only sizes may be added)."""
     if notebook not in NOTEBOOK_PARAMS:
         raise ValueError(f"unknown notebook {notebook!r}: one of {sorted(NOTEBOOK_PARAMS)}")
+    _refuse_unknown(notebook, namespace)
     given = {name: namespace.get(name) for name in NOTEBOOK_PARAMS[notebook]}
     resume = namespace.get("resume", False)
     if not isinstance(resume, bool):
@@ -126,6 +129,26 @@ def notebook_values(notebook: str, preset: str, namespace: Mapping[str, Any]) ->
         given = {name: recorded.get(name) if value is None else value for name, value in given.items()}
         preset = recorded.get("preset_used", preset)
     return resolve(notebook, preset, **given)
+
+
+# Globals a notebook holds before its resolve cell besides its parameters: the Colab cell's and IPython's own.
+_NOTEBOOK_GLOBALS = frozenset({"preset", "results_dir", "run_name", "resume", "MOUNT_DRIVE", "repo", "url", "In", "Out",
+                               "exit", "quit", "get_ipython", "open"})
+
+
+def _refuse_unknown(notebook: str, namespace: Mapping[str, Any]) -> None:
+    """A misspelt papermill parameter (``-p sampels 200``) lands in the notebook as a global nobody reads, and the
+    whole preset would run: stop instead, naming the closest parameter."""
+    known = set(NOTEBOOK_PARAMS[notebook]) | _NOTEBOOK_GLOBALS
+    unknown = sorted(name for name, value in namespace.items()
+                     if not name.startswith("_") and name not in known and not isinstance(value, types.ModuleType)
+                     and not callable(value))
+    if unknown:
+        hints = [f"{name!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(
+            name, sorted(known - _NOTEBOOK_GLOBALS | {"results_dir", "run_name", "resume"}), n=1)) else "")
+            for name in unknown]
+        raise ValueError(f"unknown parameter(s) for {notebook}: {', '.join(hints)}; the parameters are "
+                         f"{sorted(NOTEBOOK_PARAMS[notebook])} plus results_dir, run_name (and resume where offered)")
 
 
 def recorded_parameters(experiment: str, run_name: Optional[str], results_dir: Optional[PathLike] = None) -> dict:

@@ -35,11 +35,18 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MIRROR_DIR_ENV = "NEWLLM_MIRROR_DIR"
 
 
+MAX_NAME_LENGTH = 120  # folder names: well under the 255 bytes file systems allow, with room for "_2" and files
+
+
 def safe_name(name: str) -> str:
     """A folder-safe version of ``name`` (letters, digits, '.', '_' and '-')."""
+    if not isinstance(name, str):
+        raise ValueError(f"run/experiment name {name!r} must be a string (papermill: -p run_name my_run)")
     cleaned = _SAFE.sub("_", name.strip()).strip("._")
     if not cleaned:
         raise ValueError(f"run/experiment name {name!r} has no usable characters (use letters, digits, '_', '-')")
+    if len(cleaned) > MAX_NAME_LENGTH:
+        raise ValueError(f"run/experiment name of {len(cleaned)} characters is too long: at most {MAX_NAME_LENGTH}")
     return cleaned
 
 
@@ -81,7 +88,14 @@ class RunFolder:
                 searched = str(path) if mirrored is None else f"{path} (nor the mirror {mirrored})"
                 raise ValueError(f"cannot resume run {base!r}: {searched} does not exist (omit resume to start a new run)")
             return cls(path, experiment, base, mirror=mirrored)
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            probe = root / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:  # found now, before anything trains, not when the first result is written
+            raise ValueError(f"results folder {root} is not writable ({error.strerror or error}): pass another "
+                             "results_dir or set $NEWLLM_RESULTS_DIR") from None
         candidate, counter = base, 1
         while True:
             path = root / candidate

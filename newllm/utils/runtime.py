@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 
 import numpy as np
 import torch
@@ -13,6 +14,8 @@ def resolve_device(device: str = "auto") -> torch.device:
     """CUDA when present (for "auto"), else CPU. Asking for CUDA without a GPU is an error, not a fallback."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, str) or not (device in ("cpu", "cuda") or re.fullmatch(r"cuda:\d+", device)):
+        raise ValueError(f"device={device!r} is not allowed: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was requested but no CUDA GPU is available; use device='auto' or 'cpu'")
