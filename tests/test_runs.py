@@ -1,4 +1,5 @@
 import os
+import subprocess
 import threading
 
 import matplotlib
@@ -111,3 +112,22 @@ def test_a_bad_device_is_a_clear_error():
 
     with pytest.raises(ValueError, match="device='tpu' is not allowed"):
         resolve_device("tpu")
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+    from newllm.utils.io import atomic_write_text
+
+    target = tmp_path / "ckpt.safetensors"
+    dead = _dead_pid()
+    stale = tmp_path / f".ckpt.safetensors.{dead}.abc123.tmp"  # what kill -9 mid-save leaves
+    stale.write_bytes(b"x" * 1000)
+    mine = tmp_path / f".ckpt.safetensors.{os.getpid()}.def456.tmp"  # a live writer's: left alone
+    mine.write_bytes(b"y")
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new" and not stale.exists() and mine.exists()
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid

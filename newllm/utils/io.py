@@ -1,10 +1,13 @@
 """Atomic file writes: a temporary file in the same folder, fsynced, then renamed into place.
 
-A reader never sees a half-written file, and an interrupted write leaves the previous version intact.
+A reader never sees a half-written file, and an interrupted write leaves the previous version intact. The
+temporary file's name carries the writer's process id, so the temporary a killed process left behind (kill -9 mid
+checkpoint: as large as the checkpoint) is removed by the next write of the same file.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -20,7 +23,8 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_temporaries(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600 files; give them the usual permissions
@@ -32,6 +36,26 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        writer = stale.name[len(path.name) + 2:].split(".", 1)[0]
+        if writer.isdigit() and not pid_alive(int(writer)):
+            stale.unlink(missing_ok=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
 
 
 def _current_umask() -> int:

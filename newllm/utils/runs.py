@@ -21,6 +21,7 @@ import re
 import shutil
 import time
 import socket
+import tempfile
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import pandas as pd
 
-from newllm.utils.io import atomic_write_json, atomic_write_text
+from newllm.utils.io import atomic_write_json, atomic_write_text, pid_alive
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MIRROR_DIR_ENV = "NEWLLM_MIRROR_DIR"
@@ -90,9 +91,8 @@ class RunFolder:
             return cls(path, experiment, base, mirror=mirrored)
         try:
             root.mkdir(parents=True, exist_ok=True)
-            probe = root / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            with tempfile.TemporaryFile(dir=root):
+                pass
         except OSError as error:  # found now, before anything trains, not when the first result is written
             raise ValueError(f"results folder {root} is not writable ({error.strerror or error}): pass another "
                              "results_dir or set $NEWLLM_RESULTS_DIR") from None
@@ -167,7 +167,7 @@ class RunFolder:
                 break
             except FileExistsError:
                 holder = _read_lock(path)
-                if holder and holder.get("host") == owner["host"] and not _alive(int(holder.get("pid", -1))):
+                if holder and holder.get("host") == owner["host"] and not pid_alive(int(holder.get("pid", -1))):
                     warnings.warn(f"run {self.name!r}: taking over the lock of process {holder.get('pid')}, which "
                                   "is gone", RuntimeWarning, stacklevel=3)
                     path.unlink(missing_ok=True)
@@ -244,14 +244,3 @@ def _read_lock(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
 
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
