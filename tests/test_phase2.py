@@ -298,7 +298,8 @@ def test_checkpoints_hold_the_trained_weights_and_only_a_fingerprint_of_the_froz
     frozen = [n for n, _ in tiny_model().named_parameters() if n.startswith(("context_block", "embedding."))]
     assert frozen and not any(name.endswith(n.replace(".", "__")) for name in names for n in frozen)
     assert all(name.startswith(("trainable.", "best.")) for name in names)
-    assert len(meta["state"]["data"]["frozen_weights"]) == 16
+    summary = meta["state"]["data"]["frozen_weights"]
+    assert set(frozen) <= set(summary) and all(len(v) == 3 for v in summary.values())
     other = tiny_model(seed=123)  # another Phase 1 / embedding: refused, not silently mixed
     with pytest.raises(CheckpointError, match="frozen weights"):
         run(other, config(checkpoint_every_steps=1), checkpoint_path=path, resume=True)

@@ -373,7 +373,7 @@ def test_the_sweep_frees_each_size_before_the_next(tmp_path, monkeypatch):
 
     alive = []
 
-    def fake_run_cvfp(settings, progress=True, corpus=None):
+    def fake_run_cvfp(settings, progress=True, corpus=None, **kwargs):
         gc.collect()
         assert all(ref() is None for ref in alive), "the previous size's run is still referenced"
         run = FakeRun(settings.data.samples)
@@ -423,7 +423,7 @@ def _fake_sweep(tmp_path, monkeypatch, calls):
         def __init__(self, n, seed):
             self.row = {"samples": n, "seed": seed, "val_ppl": 100.0 / n, "train_tokens": 1000 * n}
 
-    def fake_run_cvfp(settings, progress=True, corpus=None):
+    def fake_run_cvfp(settings, progress=True, corpus=None, **kwargs):
         calls.append(settings.data.samples)
         return FakeRun(settings.data.samples, settings.seed)
 
@@ -471,3 +471,35 @@ def test_two_processes_cannot_run_one_sweep(tmp_path, monkeypatch):
     assert calls == []
     scaling.run_scaling([2], settings, run, progress=False)  # released: runs
     assert calls == [2] and not run.file(".lock").exists()
+
+
+def test_an_interrupted_phase2_resumes_inside_a_cvfp_run(tmp_path):
+    from newllm.config.data import DataConfig
+    from newllm.config.models import ModelConfig
+    from newllm.config.training import Phase1Config, Phase2Config
+    from newllm.experiments.cvfp import CVFPSettings, run_cvfp
+
+    settings = CVFPSettings(
+        data=DataConfig(dataset="builtin", samples=2, val_samples=2, cache_dir=str(tmp_path / "cache")),
+        model=ModelConfig(ctx_dim=16, embed_dim=16, num_layers=1, embedding="random"),
+        phase1=Phase1Config(max_iterations=3, min_iterations=3),
+        phase2=Phase2Config(epochs=3, patience=5, cache_build_method="loop"),
+    )
+    unbroken = run_cvfp(settings, progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(row):
+        raise Stop()
+
+    checkpoint = tmp_path / "phase2.safetensors"
+    with pytest.raises(Stop):
+        run_cvfp(settings, progress=False, checkpoint=checkpoint, epoch_callback=stop_after_first)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # Phase 1 repeats (to rounding): no "Phase 2 starts again"
+        resumed = run_cvfp(settings, progress=False, checkpoint=checkpoint, resume=True)
+    assert len(resumed.phase2.history) == 3 and resumed.phase2.steps == unbroken.phase2.steps
+    assert resumed.row["val_ppl"] == pytest.approx(unbroken.row["val_ppl"], rel=1e-5)

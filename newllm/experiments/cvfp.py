@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -23,6 +25,7 @@ from newllm.models.cvfp import CVFPModel, build_cvfp_model
 from newllm.models.embeddings import EmbeddingChoice
 from newllm.training.phase1 import Phase1Result, train_phase1
 from newllm.training.phase2 import Phase2Result, train_phase2
+from newllm.utils.checkpoint import CheckpointError
 from newllm.utils.runs import RunFolder
 from newllm.utils.runtime import resolve_device, seed_everything
 
@@ -120,11 +123,19 @@ def run_cvfp(
     corpus: Optional[Corpus] = None,
     phase2_callback: Optional[Callable[[dict], None]] = None,
     epoch_callback: Optional[Callable[[dict], None]] = None,
+    checkpoint: Optional[Path] = None,
+    resume: bool = False,
 ) -> CVFPRun:
-    """Load the data, build the model, run Phase 1 then Phase 2, and summarise (writing to ``run`` when given)."""
-    seed_everything(settings.seed, deterministic=settings.deterministic)
+    """Load the data, build the model, run Phase 1 then Phase 2, and summarise (writing to ``run`` when given).
+
+    Phase 2 checkpoints to ``checkpoint`` (default ``<run>/phase2.safetensors`` with a run). ``resume``: continue
+    Phase 2 from that checkpoint when it exists (Phase 1 is recomputed; it is deterministic for a seed on one
+    machine). When the recomputed Phase 1 differs from the one the checkpoint was trained on, Phase 2 starts again
+    and says so."""
     device = resolve_device(settings.device)
     corpus = corpus if corpus is not None else load_corpus(settings.data, progress=progress)
+    # seeded after loading: building a token cache the first time draws random numbers a cache hit does not
+    seed_everything(settings.seed, deterministic=settings.deterministic)
     model_cfg = model_for_corpus(settings.model, corpus)
     model, embedding = build_cvfp_model(model_cfg)
     model.to(device)
@@ -132,7 +143,9 @@ def run_cvfp(
     val_docs = corpus.val.documents()
     streams = settings.phase1.streams
     p1 = train_phase1(model, train_docs, settings.phase1, val_ids=val_docs, progress=progress)
-    checkpoint = run.file("phase2.safetensors") if run is not None else None
+    if checkpoint is None and run is not None:
+        checkpoint = run.file("phase2.safetensors")
+    resume = resume and checkpoint is not None and Path(checkpoint).exists()
 
     def after_epoch(row: dict) -> None:
         if run is not None:
@@ -140,20 +153,20 @@ def run_cvfp(
         if epoch_callback is not None:
             epoch_callback(row)
 
-    p2 = train_phase2(
-        model,
-        train_docs,
-        val_docs,
-        settings.phase2,
-        tokenizer_name=corpus.tokenizer.name,
-        train_bytes=corpus.train.n_bytes,
-        val_bytes=corpus.val.n_bytes,
-        checkpoint_path=checkpoint,
-        progress=progress,
-        streams=streams,
-        callback=phase2_callback,
-        epoch_callback=after_epoch,
-    )
+    def phase2(resume_now: bool):
+        return train_phase2(
+            model, train_docs, val_docs, settings.phase2, tokenizer_name=corpus.tokenizer.name,
+            train_bytes=corpus.train.n_bytes, val_bytes=corpus.val.n_bytes, checkpoint_path=checkpoint,
+            resume=resume_now, progress=progress, streams=streams, callback=phase2_callback, epoch_callback=after_epoch,
+        )
+
+    try:
+        p2 = phase2(resume)
+    except CheckpointError as error:
+        if not (resume and "frozen weights" in str(error)):
+            raise
+        warnings.warn(f"Phase 2 starts again: {error}", RuntimeWarning, stacklevel=2)
+        p2 = phase2(False)
     row = summarise(settings.data.samples, settings.seed, corpus, p1, p2, parameter_count(model), embedding)
     if run is not None:
         run.write_config(settings=settings.to_dict(), resolved={**corpus.info, "embedding": embedding.kind,

@@ -29,6 +29,7 @@ from newllm.evaluation.scaling_fits import (
 from newllm.experiments.cvfp import CVFPSettings, run_baseline, run_cvfp
 from newllm.plotting import add_baseline_points, plot_scaling
 from newllm.training.common import free_device_memory
+from newllm.training.phase2_checkpoint import previous_checkpoint_path
 from newllm.utils.runs import RunFolder
 
 SCALING_TABLE = "scaling"
@@ -108,12 +109,16 @@ def _sweep(samples, settings, run, seeds, baselines, progress, on_row, finished)
             if ("cvfp", n, seed) not in finished:
                 corpus = load_corpus(size_settings.data, progress=progress)
                 began = time.perf_counter()
-                result = run_cvfp(size_settings, progress=progress, corpus=corpus)
+                # an interrupted size continues its Phase 2 from this checkpoint; removed once its row is written
+                checkpoint = run.file(f"phase2_samples{n}_seed{seed}.safetensors")
+                result = run_cvfp(size_settings, progress=progress, corpus=corpus, checkpoint=checkpoint, resume=True)
                 row = {"model": "cvfp", **result.row, "total_seconds": time.perf_counter() - began}
                 # the next size must not run beside this one's model, contexts and caches on the GPU
                 del result
                 free_device_memory()
                 run.append_row(SCALING_TABLE, row)
+                for path in (checkpoint, previous_checkpoint_path(checkpoint)):
+                    path.unlink(missing_ok=True)
                 run.sync()
                 if on_row is not None:
                     on_row(row)

@@ -4,7 +4,6 @@ resume from it."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -50,16 +49,28 @@ class Bundle(nn.Module):
                 param.copy_(getattr(self.best, name.replace(".", "__")))
 
 
-def frozen_fingerprint(model: nn.Module, trainable: list[nn.Parameter]) -> str:
-    """A SHA-256 over the names and bytes of every parameter and buffer Phase 2 does not train."""
+def frozen_fingerprint(model: nn.Module, trainable: list[nn.Parameter]) -> dict[str, list[float]]:
+    """Per parameter and buffer Phase 2 does not train: [count, sum, L2 norm] (fp64). Compared with a tolerance
+    (:func:`same_frozen_weights`): Phase 1 repeats only to rounding (threaded reductions), so bytes would not do."""
     trainable_ids = {id(p) for p in trainable}
-    digest = hashlib.sha256()
+    out = {}
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        if id(tensor) in trainable_ids:
-            continue
-        digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+        if id(tensor) not in trainable_ids and tensor.is_floating_point():
+            values = tensor.detach().double()
+            out[name] = [values.numel(), float(values.sum()), float(values.norm())]
+    return out
+
+
+def same_frozen_weights(saved: dict, current: dict, rel: float = 1e-5) -> bool:
+    """Whether two :func:`frozen_fingerprint` s describe the same weights up to rounding."""
+    if set(saved) != set(current):
+        return False
+    for name, (count, total, norm) in current.items():
+        s_count, s_total, s_norm = saved[name]
+        scale = max(norm, s_norm, 1e-12)
+        if s_count != count or abs(s_norm - norm) > rel * scale or abs(s_total - total) > rel * scale * count**0.5:
+            return False
+    return True
 
 
 def previous_checkpoint_path(path: Union[str, Path]) -> Path:
@@ -141,12 +152,13 @@ def _check_resumable(saved: dict, cfg: Phase2Config, fingerprints: dict) -> None
             + ", ".join(f"{k} ({saved['config'][k]!r} -> {current.get(k)!r})" for k in changed)
             + f"; only {sorted(RESUMABLE_FIELDS)} may change on resume"
         )
-    if saved["data"].get("frozen_weights") != fingerprints["frozen_weights"]:
+    if not same_frozen_weights(saved["data"].get("frozen_weights") or {}, fingerprints["frozen_weights"]):
         raise CheckpointError(
             "cannot resume: the model's frozen weights (ContextBlock after Phase 1, embedding) differ from those the "
             "checkpoint was trained on; rebuild the model the same way (same Phase 1 run, same embedding)"
         )
-    if saved["data"] != fingerprints:
+    if {k: v for k, v in saved["data"].items() if k != "frozen_weights"} != \
+            {k: v for k, v in fingerprints.items() if k != "frozen_weights"}:
         raise CheckpointError(
             f"cannot resume: the token streams differ from the checkpoint's ({saved['data']} vs {fingerprints}); "
             "pass the same train/val ids and streams mode"
