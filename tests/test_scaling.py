@@ -16,12 +16,12 @@ import pytest
 from matplotlib.figure import Figure
 
 from newllm.config.experiments import ScalingConfig
+from newllm.evaluation.scaling_extrapolation import extrapolation_table
 from newllm.evaluation.scaling_fits import (
     PowerLawFit,
     SaturatingFit,
     ScalingFitWarning,
     aggregate_seeds,
-    extrapolation_table,
     fit_power_law,
     fit_saturating,
 )
@@ -390,7 +390,8 @@ def test_the_sweep_frees_each_size_before_the_next(tmp_path, monkeypatch):
 
 
 def test_the_saturating_floor_stays_at_or_above_a_known_optimum():
-    from newllm.evaluation.scaling_fits import extrapolation_table, fit_saturating
+    from newllm.evaluation.scaling_extrapolation import extrapolation_table
+    from newllm.evaluation.scaling_fits import fit_saturating
 
     sizes = np.array([1e4, 2e4, 4e4, 8e4, 1.6e5])
     ppl = np.exp(1.0 + 30.0 / sizes**0.3)  # the truth flattens at PPL e^1 = 2.72
@@ -406,7 +407,8 @@ def test_the_saturating_floor_stays_at_or_above_a_known_optimum():
 
 
 def test_extrapolations_below_one_are_flagged():
-    from newllm.evaluation.scaling_fits import extrapolation_table, fit_power_law
+    from newllm.evaluation.scaling_extrapolation import extrapolation_table
+    from newllm.evaluation.scaling_fits import fit_power_law
 
     fit = fit_power_law([1e3, 1e4, 1e5], [100.0, 20.0, 4.0], ScalingConfig(n_bootstrap=20), progress=False)
     table = extrapolation_table({"power law": fit}, targets=[1e6, 1e8])

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Mapping, Optional, Sequence, Union
+from typing import Callable, ClassVar, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -86,24 +86,24 @@ class ScalingFit:
     def predict(self, sizes: Union[float, ArrayLike]) -> Union[float, np.ndarray]:
         """Predicted PPL at ``sizes`` (a float for a scalar, else an array); NaN when the fit was refused."""
         scalar = np.ndim(sizes) == 0
-        values = self._ppl(self.params()[None, :], _as_sizes(sizes))[0]
+        values = self._ppl(self.params()[None, :], as_sizes(sizes))[0]
         return float(values[0]) if scalar else values
 
     def predict_interval(self, sizes: Union[float, ArrayLike]) -> tuple[np.ndarray, np.ndarray]:
         """Bootstrap percentile interval (low, high) of the predicted PPL at ``sizes``; NaN without resamples."""
-        return self._interval(self._ppl(self.samples, _as_sizes(sizes)))
+        return self._interval(self._ppl(self.samples, as_sizes(sizes)))
 
     def change_for_doubling(self, sizes: Optional[Union[float, ArrayLike]] = None) -> Union[float, np.ndarray]:
         """Relative PPL change when the data doubles: PPL(2N) / PPL(N) - 1 (e.g. -0.22 for "-22 %")."""
         if sizes is None:
             raise ValueError(f"{type(self).__name__}.change_for_doubling needs the size N it starts from")
-        n = _as_sizes(sizes)
+        n = as_sizes(sizes)
         values = self.predict(2 * n) / self.predict(n) - 1
         return float(values[0]) if np.ndim(sizes) == 0 else values
 
     def change_for_doubling_interval(self, sizes: Union[float, ArrayLike]) -> tuple[np.ndarray, np.ndarray]:
         """Bootstrap percentile interval (low, high) of ``change_for_doubling`` at ``sizes``."""
-        n = _as_sizes(sizes)
+        n = as_sizes(sizes)
         return self._interval(self._ppl(self.samples, 2 * n) / self._ppl(self.samples, n) - 1)
 
     def to_dict(self) -> dict:
@@ -232,7 +232,7 @@ class _Runs:
     groups: tuple  # per size: the PPL of its runs
 
 
-def _as_sizes(sizes: Union[float, ArrayLike]) -> np.ndarray:
+def as_sizes(sizes: Union[float, ArrayLike]) -> np.ndarray:
     values = np.atleast_1d(np.asarray(sizes, dtype=float))
     if values.ndim != 1 or not np.all(np.isfinite(values)) or np.any(values <= 0):
         raise ValueError(f"sizes must be finite numbers > 0 (one value or a 1-D list); got {sizes!r}")
@@ -495,48 +495,3 @@ def _refuse(cls: type, runs: _Runs, minimum: int, config: ScalingConfig, reason:
         n_bootstrap_used=0,
         samples=samples,
     )
-
-
-# ---------------------------------------------------------------------------------------- extrapolation
-
-def extrapolation_table(fits: Mapping[str, ScalingFit], targets: Optional[Sequence[float]] = None,
-                        optimum_ppl: Optional[float] = None) -> pd.DataFrame:
-    """Predicted PPL per fit and target size, with bootstrap intervals, and the PPL change for 2x data there.
-
-    ``fits`` maps a label to a fit; ``targets`` defaults to ``ScalingConfig().targets`` (5e5 ... 1e7 tokens).
-    Columns: fit, tokens, ppl, ppl_low, ppl_high, change_2x, change_2x_low, change_2x_high (fractions, -0.22 = -22 %),
-    note: "impossible: PPL below 1" or "impossible: below the known optimum X" where the prediction is (the fit's
-    form cannot hold that far), else "". A refused fit gives NaN rows.
-    """
-    if not isinstance(fits, Mapping) or not fits:
-        raise ValueError("extrapolation_table needs a non-empty mapping {label: fit}, e.g. {'power law': fit}")
-    sizes = _as_sizes(ScalingConfig().targets if targets is None else targets)
-    frames = []
-    for label, fit in fits.items():
-        if not isinstance(fit, ScalingFit):
-            raise ValueError(f"extrapolation_table: fits[{label!r}] is a {type(fit).__name__}, not a scaling fit")
-        ppl_low, ppl_high = fit.predict_interval(sizes)
-        change_low, change_high = fit.change_for_doubling_interval(sizes)
-        frames.append(pd.DataFrame({
-            "fit": label,
-            "tokens": sizes,
-            "ppl": fit.predict(sizes),
-            "ppl_low": ppl_low,
-            "ppl_high": ppl_high,
-            "change_2x": fit.change_for_doubling(sizes),
-            "change_2x_low": change_low,
-            "change_2x_high": change_high,
-        }))
-    table = pd.concat(frames, ignore_index=True)
-    table["note"] = [_impossible(ppl, optimum_ppl) for ppl in table["ppl"]]
-    return table
-
-
-def _impossible(ppl: float, optimum_ppl: Optional[float]) -> str:
-    if not np.isfinite(ppl):
-        return ""
-    if ppl < 1.0:
-        return "impossible: PPL below 1"
-    if optimum_ppl is not None and ppl < optimum_ppl:
-        return f"impossible: below the known optimum {optimum_ppl:.4g}"
-    return ""

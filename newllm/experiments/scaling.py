@@ -17,12 +17,12 @@ import pandas as pd
 
 from newllm.config.experiments import ScalingConfig
 from newllm.data.corpus import load_corpus
+from newllm.evaluation.scaling_extrapolation import extrapolation_table
 from newllm.evaluation.scaling_fits import (
     SATURATING_MIN_SIZES,
     PowerLawFit,
     SaturatingFit,
     aggregate_seeds,
-    extrapolation_table,
     fit_power_law,
     fit_saturating,
 )

@@ -19,9 +19,9 @@ import json
 import os
 import re
 import shutil
-import time
 import socket
 import tempfile
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
