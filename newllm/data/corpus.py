@@ -43,6 +43,8 @@ from newllm.data.tokenizers import (
     DEFAULT_BPE_VOCAB,
     DEFAULT_WORD_VOCAB,
     BPETokenizer,
+    ByteTokenizer,
+    CharTokenizer,
     GPT2Tokenizer,
     Tokenizer,
     WordTokenizer,
@@ -132,6 +134,8 @@ def load_corpus(
     tokenizer: Optional[Tokenizer] = None  # fixed tokenizers now; trained ones come from the cache or training
     if tokenizer_name == "gpt2":
         tokenizer = GPT2Tokenizer(gpt2_source)
+    elif tokenizer_name == "byte":
+        tokenizer = ByteTokenizer()
     elif tokenizer_name == "word" and is_builtin:
         tokenizer = _builtin_word_tokenizer(cfg.vocab_size)
     key = CacheKey(resolved.name, _tokenizer_tag(tokenizer_name, cfg.vocab_size, is_builtin), identity)
@@ -245,6 +249,8 @@ def _tokenizer_tag(name: str, vocab_size: Optional[int], is_builtin: bool) -> st
         return "word-grammar" if is_builtin else f"word{vocab_size or DEFAULT_WORD_VOCAB}"
     if name == "bpe":
         return f"bpe{vocab_size or DEFAULT_BPE_VOCAB}"
+    if name == "char":
+        return f"char{vocab_size or 'all'}"
     return name
 
 
@@ -253,6 +259,8 @@ def _train_tokenizer(name: str, texts: list[str], vocab_size: Optional[int]) -> 
         return WordTokenizer.train(texts, vocab_size or DEFAULT_WORD_VOCAB)
     if name == "bpe":
         return BPETokenizer.train(texts, vocab_size or DEFAULT_BPE_VOCAB)
+    if name == "char":
+        return CharTokenizer.train(texts, vocab_size)
     raise ValueError(f"tokenizer {name!r} is not trainable")
 
 
