@@ -122,11 +122,19 @@ def load_corpus(
     resolved = sources.resolve_dataset(cfg.dataset, cfg.hub_dataset, reachable)
     is_builtin = resolved.name == "builtin"
     documents: Optional[sources.SourceDocuments] = None
+    load = functools.partial(sources.load_documents, resolved, cfg.samples, cfg.val_samples, cfg.seed, reachable,
+                             progress, split=cfg.split, separator=cfg.separator, val_fraction=cfg.val_fraction)
+    samples = cfg.samples if cfg.samples is not None else sources.DEFAULT_SAMPLES
+    val_samples = cfg.val_samples if cfg.val_samples is not None else sources.DEFAULT_VAL_SAMPLES
     if is_builtin:  # generated deterministically: what determines the text is its identity (no need to generate)
-        identity = content_hash(
-            ["builtin", generator_fingerprint(), str(cfg.seed), str(cfg.samples), str(cfg.val_samples)])
+        if cfg.split not in ("auto", "blocks"):
+            raise ValueError(f"split={cfg.split!r} applies to local text only; leave split='auto' for 'builtin'")
+        identity = content_hash(["builtin", generator_fingerprint(), str(cfg.seed), str(samples), str(val_samples)])
     else:
-        documents = sources.load_documents(resolved, cfg.samples, cfg.val_samples, cfg.seed, reachable, progress)
+        documents = load()
+        split_mode = documents.split
+        samples = None if split_mode in ("fraction", "files") else len(documents.train)
+        val_samples = None if split_mode in ("fraction", "files") else len(documents.val)
         identity = content_hash(
             ["train", str(len(documents.train)), *documents.train, "val", str(len(documents.val)), *documents.val])
 
@@ -149,7 +157,7 @@ def load_corpus(
     cache_hit = entry is not None
     if entry is None:
         if documents is None:
-            documents = sources.load_documents(resolved, cfg.samples, cfg.val_samples, cfg.seed, reachable, progress)
+            documents = load()
         trained = tokenizer is None
         if tokenizer is None:
             tokenizer = _train_tokenizer(tokenizer_name, documents.train, cfg.vocab_size)
@@ -173,8 +181,10 @@ def load_corpus(
         "tokenizer": tokenizer.name,
         "tokenizer_fallback": tokenizer_fallback,
         "vocab_size": tokenizer.vocab_size,
-        "samples": cfg.samples,
-        "val_samples": cfg.val_samples,
+        "samples": samples,  # training documents (None: one contiguous text per split, nothing counted)
+        "val_samples": val_samples,
+        "split": "builtin" if is_builtin else documents.split if documents is not None else None,
+        "unused_files": list(documents.unused) if documents is not None else [],
         "seed": cfg.seed,
         "train_tokens": train.n_tokens,
         "val_tokens": val.n_tokens,
