@@ -400,6 +400,31 @@ class ByteTokenizer(Tokenizer):
         atomic_write_json(Path(path), {"type": "byte", "format": _SAVE_FORMAT})
 
 
+class IdsOnlyTokenizer(Tokenizer):
+    """A vocabulary without its tokenizer (pre-tokenized ids whose tokenizer is not available here).
+
+    It sizes models and labels metrics; ``encode`` is an error and ``decode`` writes ids as ``<id>``.
+    """
+
+    def __init__(self, name: str, vocab_size: int) -> None:
+        self.name = name
+        self._vocab_size = int(vocab_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        raise ValueError(f"the {self.name!r} ids were pre-tokenized and their tokenizer is not available: add a "
+                         "tokenizer_file to the folder's meta.json (a tokenizer saved with .save()) to encode text")
+
+    def _decode(self, ids: list[int]) -> str:
+        return "".join(f"<{i}>" for i in ids)
+
+    def fingerprint(self) -> str:
+        return _sha256(f"ids-only\0{self.name}\0{self._vocab_size}")
+
+
 SAVED_TYPES = ("word", "bpe", "char", "byte")
 
 
