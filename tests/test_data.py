@@ -171,6 +171,31 @@ def test_local_text_with_the_word_tokenizer(tmp_path):
     assert corpus.train.n_docs == 4 and corpus.val.n_docs == 3
 
 
+@pytest.mark.parametrize("tokenizer", ["char", "byte"])
+def test_char_and_byte_tokenizers_through_load_corpus(tmp_path, tokenizer):
+    path = _local_text(tmp_path)
+    cfg = DataConfig(dataset=str(path), tokenizer=tokenizer, samples=4, val_samples=3,
+                     cache_dir=str(tmp_path / "cache"))
+    corpus = load_corpus(cfg, progress=False, hub_probe=_never_called)
+    text = path.read_text(encoding="utf-8")
+    assert corpus.info["tokenizer"] == tokenizer
+    docs = sources.split_documents(text.splitlines())
+    assert corpus.info["vocab_size"] == (len(set("".join(docs[:4]))) + 1 if tokenizer == "char" else 256)
+    # no specials: one id per character (per byte), and every document decodes to its text
+    assert [corpus.tokenizer.decode(d) for d in corpus.train.documents()] == docs[:4]
+    seen = set("".join(docs[:4])) if tokenizer == "char" else set(text)  # "9" only appears in validation
+    val_text = [corpus.tokenizer.decode(d) for d in corpus.val.documents()]
+    assert val_text == ["".join(c if c in seen else "\ufffd" for c in doc) for doc in docs[-3:]]
+    assert corpus.val.n_tokens == corpus.val.n_bytes == sum(len(d) for d in docs[-3:])
+    again = load_corpus(cfg, progress=False, hub_probe=_never_called)  # from the cache, tokenizer included
+    assert again.info["cache_hit"] and again.tokenizer.fingerprint() == corpus.tokenizer.fingerprint()
+
+
+def test_byte_tokenizer_vocab_size_is_checked():
+    with pytest.raises(ValueError, match="vocab_size"):
+        DataConfig(tokenizer="byte", vocab_size=300)
+
+
 def test_auto_tokenizer_trains_bpe_loudly_without_gpt2_files(tmp_path, monkeypatch):
     monkeypatch.setattr(tk, "find_gpt2_tokenizer_dir", lambda: None)
     cfg = DataConfig(dataset=str(_local_text(tmp_path)), vocab_size=300, samples=6, val_samples=2,

@@ -1,4 +1,4 @@
-"""Tokenizers: GPT-2 from local files, word level, trained byte-level BPE, save/load, vocabulary checks."""
+"""Tokenizers: GPT-2 from local files, word level, trained byte-level BPE, char and byte level, save/load, checks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from newllm.data import tokenizers as tk
-from newllm.data.tokenizers import BPETokenizer, GPT2Tokenizer, WordTokenizer, check_token_ids, load_tokenizer
+from newllm.data.tokenizers import (
+    BPETokenizer,
+    ByteTokenizer,
+    CharTokenizer,
+    GPT2Tokenizer,
+    WordTokenizer,
+    check_token_ids,
+    load_tokenizer,
+)
 
 GPT2_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt2-tokenizer"
 needs_gpt2 = pytest.mark.skipif(not GPT2_DIR.is_dir(), reason=f"GPT-2 tokenizer files not found at {GPT2_DIR}")
@@ -140,3 +148,46 @@ def test_load_tokenizer_rejects_bad_files(tmp_path):
     (tmp_path / "other.json").write_text('{"type": "sentencepiece"}')
     with pytest.raises(ValueError, match="not a saved newllm tokenizer"):
         load_tokenizer(tmp_path / "other.json")
+
+
+def test_char_tokenizer_round_trip_unk_and_save_load(tmp_path):
+    tok = CharTokenizer.train(TEXTS)
+    alphabet = sorted(set("".join(TEXTS)))
+    assert tok.chars == alphabet and tok.vocab_size == len(alphabet) + 1 and tok.unk_id == 0
+    assert tok.special_ids == {"unk": 0} and tok.encode_document("cat") == tok.encode("cat")
+    for text in TEXTS[:3]:
+        ids = tok.encode(text)
+        assert len(ids) == len(text) and 0 not in ids
+        assert tok.decode(ids) == text
+    # a character never seen in training is UNK, and decodes to the replacement character
+    assert tok.encode("c☃t") == [tok.encode("c")[0], 0, tok.encode("t")[0]]
+    assert tok.decode(tok.encode("c☃t")) == "c\ufffdt"
+    tok.save(tmp_path / "char.json")
+    loaded = load_tokenizer(tmp_path / "char.json")
+    assert isinstance(loaded, CharTokenizer) and loaded.fingerprint() == tok.fingerprint()
+    assert loaded.encode(TEXTS[1]) == tok.encode(TEXTS[1])
+    assert CharTokenizer.train(["ba"]).fingerprint() != CharTokenizer.train(["bc"]).fingerprint()
+
+
+def test_char_tokenizer_vocab_size_keeps_the_most_frequent():
+    tok = CharTokenizer.train(["aaabbc"], vocab_size=3)
+    assert tok.chars == ["a", "b"] and tok.encode("abc") == [1, 2, 0]
+    with pytest.raises(ValueError, match="no room"):
+        CharTokenizer.train(["abc"], vocab_size=1)
+    with pytest.raises(ValueError, match="empty"):
+        CharTokenizer.train(["", ""])
+    with pytest.raises(ValueError, match="single characters"):
+        CharTokenizer(["ab"])
+
+
+def test_byte_tokenizer_round_trip_any_text_and_save_load(tmp_path):
+    tok = ByteTokenizer()
+    assert tok.vocab_size == 256 and tok.special_ids == {}
+    for text in TEXTS[:3] + ["unseen ☃ text\r\n", ""]:
+        ids = tok.encode(text)
+        assert ids == list(text.encode("utf-8")) and tok.decode(ids) == text
+    assert tok.decode([0xE2, 0x98]) == "\ufffd"  # a cut UTF-8 sequence decodes without an error
+    tok.save(tmp_path / "byte.json")
+    assert isinstance(load_tokenizer(tmp_path / "byte.json"), ByteTokenizer)
+    with pytest.raises(ValueError, match="outside a vocabulary of size 256"):
+        tok.decode([256])

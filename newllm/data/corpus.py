@@ -4,7 +4,8 @@ Steps (each in its own module): resolve the dataset (``sources``: "auto" falls b
 the hub is unreachable), pick the tokenizer (``tokenizers``: "auto" = GPT-2 for text, with a loud fallback to a
 trained BPE when no GPT-2 files are available, and the word tokenizer over the grammar's vocabulary for the
 built-in corpus), load the training and validation documents (``sources``), then tokenize once and cache
-(``token_cache``): later calls memory-map the stored arrays.
+(``token_cache``): later calls memory-map the stored arrays. A folder of nanoGPT-style ``.bin`` files
+(``pretokenized``) skips all of that: its ids are memory-mapped as they are.
 
 A ``CorpusSplit`` is one split: all its documents' ids concatenated (each wrapped in the tokenizer's BOS/EOS, see
 ``Tokenizer.wrap_document``), ``doc_offsets`` marking where each document starts, the UTF-8 byte count of the
@@ -28,7 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from newllm.config.data import DataConfig
-from newllm.data import sources
+from newllm.data import pretokenized, sources
 from newllm.data.builtin_corpus import BuiltinGrammar, generator_fingerprint
 from newllm.data.token_cache import (
     CacheEntry,
@@ -43,6 +44,8 @@ from newllm.data.tokenizers import (
     DEFAULT_BPE_VOCAB,
     DEFAULT_WORD_VOCAB,
     BPETokenizer,
+    ByteTokenizer,
+    CharTokenizer,
     GPT2Tokenizer,
     Tokenizer,
     WordTokenizer,
@@ -101,6 +104,7 @@ class Corpus:
     val: CorpusSplit
     tokenizer: Tokenizer
     info: dict[str, Any]
+    test: Optional[CorpusSplit] = None  # pre-tokenized folders with a test.bin only
 
     def check_fits(self, vocab_size: int) -> None:
         """Raise a clear ValueError if a model with ``vocab_size`` outputs cannot represent every id."""
@@ -118,13 +122,23 @@ def load_corpus(
     """
     reachable = functools.cache(lambda: sources.hub_reachable(hub_probe or sources.probe_huggingface))
     resolved = sources.resolve_dataset(cfg.dataset, cfg.hub_dataset, reachable)
+    if resolved.path is not None and pretokenized.is_pretokenized(resolved.path):
+        return _load_pretokenized(cfg, resolved)
     is_builtin = resolved.name == "builtin"
     documents: Optional[sources.SourceDocuments] = None
+    load = functools.partial(sources.load_documents, resolved, cfg.samples, cfg.val_samples, cfg.seed, reachable,
+                             progress, split=cfg.split, separator=cfg.separator, val_fraction=cfg.val_fraction)
+    samples = cfg.samples if cfg.samples is not None else sources.DEFAULT_SAMPLES
+    val_samples = cfg.val_samples if cfg.val_samples is not None else sources.DEFAULT_VAL_SAMPLES
     if is_builtin:  # generated deterministically: what determines the text is its identity (no need to generate)
-        identity = content_hash(
-            ["builtin", generator_fingerprint(), str(cfg.seed), str(cfg.samples), str(cfg.val_samples)])
+        if cfg.split not in ("auto", "blocks"):
+            raise ValueError(f"split={cfg.split!r} applies to local text only; leave split='auto' for 'builtin'")
+        identity = content_hash(["builtin", generator_fingerprint(), str(cfg.seed), str(samples), str(val_samples)])
     else:
-        documents = sources.load_documents(resolved, cfg.samples, cfg.val_samples, cfg.seed, reachable, progress)
+        documents = load()
+        split_mode = documents.split
+        samples = None if split_mode in ("fraction", "files") else len(documents.train)
+        val_samples = None if split_mode in ("fraction", "files") else len(documents.val)
         identity = content_hash(
             ["train", str(len(documents.train)), *documents.train, "val", str(len(documents.val)), *documents.val])
 
@@ -132,6 +146,8 @@ def load_corpus(
     tokenizer: Optional[Tokenizer] = None  # fixed tokenizers now; trained ones come from the cache or training
     if tokenizer_name == "gpt2":
         tokenizer = GPT2Tokenizer(gpt2_source)
+    elif tokenizer_name == "byte":
+        tokenizer = ByteTokenizer()
     elif tokenizer_name == "word" and is_builtin:
         tokenizer = _builtin_word_tokenizer(cfg.vocab_size)
     key = CacheKey(resolved.name, _tokenizer_tag(tokenizer_name, cfg.vocab_size, is_builtin), identity)
@@ -145,7 +161,7 @@ def load_corpus(
     cache_hit = entry is not None
     if entry is None:
         if documents is None:
-            documents = sources.load_documents(resolved, cfg.samples, cfg.val_samples, cfg.seed, reachable, progress)
+            documents = load()
         trained = tokenizer is None
         if tokenizer is None:
             tokenizer = _train_tokenizer(tokenizer_name, documents.train, cfg.vocab_size)
@@ -162,30 +178,62 @@ def load_corpus(
     val = _split(entry.arrays, "val", extra["val_bytes"])
     check_token_ids(train.ids, tokenizer.vocab_size, f"cached training ids in {folder}")
     check_token_ids(val.ids, tokenizer.vocab_size, f"cached validation ids in {folder}")
-    info = {
-        "requested_dataset": cfg.dataset,
-        "dataset": resolved.name,
-        "offline_fallback": resolved.offline_fallback,
-        "tokenizer": tokenizer.name,
-        "tokenizer_fallback": tokenizer_fallback,
-        "vocab_size": tokenizer.vocab_size,
-        "samples": cfg.samples,
-        "val_samples": cfg.val_samples,
-        "seed": cfg.seed,
-        "train_tokens": train.n_tokens,
-        "val_tokens": val.n_tokens,
-        "train_bytes": train.n_bytes,
-        "val_bytes": val.n_bytes,
-        "optimum_train_ppl": _exp_or_none(train.optimum_nll()),
-        "optimum_val_ppl": _exp_or_none(val.optimum_nll()),
-        "optimum_train_bits_per_byte": _bits_per_byte(extra.get("train_optimum_nats"), train.n_bytes),
-        "optimum_val_bits_per_byte": _bits_per_byte(extra.get("val_optimum_nats"), val.n_bytes),
-        "cache_path": str(folder),
-        "cache_hit": cache_hit,
-    }
+    info = _info(
+        cfg, resolved, tokenizer, train, val,
+        tokenizer_fallback=tokenizer_fallback,
+        samples=samples,  # training documents (None: one contiguous text per split, nothing counted)
+        val_samples=val_samples,
+        split="builtin" if is_builtin else documents.split if documents is not None else None,
+        unused_files=list(documents.unused) if documents is not None else [],
+        optimum_train_ppl=_exp_or_none(train.optimum_nll()),
+        optimum_val_ppl=_exp_or_none(val.optimum_nll()),
+        optimum_train_bits_per_byte=_bits_per_byte(extra.get("train_optimum_nats"), train.n_bytes),
+        optimum_val_bits_per_byte=_bits_per_byte(extra.get("val_optimum_nats"), val.n_bytes),
+        cache_path=str(folder),
+        cache_hit=cache_hit,
+    )
     logger.info("corpus %s / %s (V=%d): %d train, %d val tokens%s", info["dataset"], info["tokenizer"],
                 info["vocab_size"], info["train_tokens"], info["val_tokens"], " (cached)" if cache_hit else "")
     return Corpus(train, val, tokenizer, info)
+
+
+def _info(cfg: DataConfig, resolved: sources.ResolvedDataset, tokenizer: Tokenizer, train: CorpusSplit,
+          val: CorpusSplit, **rest: Any) -> dict[str, Any]:
+    """The corpus summary every source reports (``rest``: what a source adds or overrides)."""
+    return {
+        "requested_dataset": cfg.dataset, "dataset": resolved.name, "offline_fallback": resolved.offline_fallback,
+        "tokenizer": tokenizer.name, "tokenizer_fallback": False, "vocab_size": tokenizer.vocab_size,
+        "samples": None, "val_samples": None, "seed": cfg.seed,
+        "train_tokens": train.n_tokens, "val_tokens": val.n_tokens, "train_bytes": train.n_bytes,
+        "val_bytes": val.n_bytes, "optimum_train_ppl": None, "optimum_val_ppl": None,
+        "optimum_train_bits_per_byte": None, "optimum_val_bits_per_byte": None, **rest,
+    }
+
+
+def _load_pretokenized(cfg: DataConfig, resolved: sources.ResolvedDataset) -> Corpus:
+    """A folder of nanoGPT-style ``.bin`` files (``newllm.data.pretokenized``): memory-mapped, one stream per split."""
+    assert resolved.path is not None
+    for name in ("samples", "val_samples"):
+        if getattr(cfg, name) is not None:
+            raise ValueError(f"DataConfig.{name}={getattr(cfg, name)!r}: {str(resolved.path)!r} holds pre-tokenized "
+                             "streams (train.bin / val.bin), not documents; leave samples and val_samples None")
+    if cfg.split != "auto":
+        raise ValueError(f"split={cfg.split!r}: pre-tokenized ids are already split (train.bin / val.bin); "
+                         "leave split='auto'")
+    data = pretokenized.read_pretokenized(resolved.path)
+    if cfg.tokenizer not in ("auto", data.tokenizer.name):
+        raise ValueError(f"tokenizer={cfg.tokenizer!r}, but {str(resolved.path)!r} was tokenized with "
+                         f"{data.tokenizer.name!r} (meta.json); use tokenizer='auto' or {data.tokenizer.name!r}")
+    splits = {name: CorpusSplit(split.ids, np.array([0, len(split.ids)], dtype=np.int64), split.n_bytes)
+              for name, split in data.splits.items()}
+    test = splits.get("test")
+    info = _info(cfg, resolved, data.tokenizer, splits["train"], splits["val"], split="pretokenized",
+                 unused_files=[], cache_path=str(resolved.path), cache_hit=False, dtype=data.meta["dtype"],
+                 test_tokens=test.n_tokens if test is not None else None,
+                 test_bytes=test.n_bytes if test is not None else None)
+    logger.info("corpus %s (pre-tokenized, %s V=%d): %d train, %d val tokens", info["dataset"], info["tokenizer"],
+                info["vocab_size"], info["train_tokens"], info["val_tokens"])
+    return Corpus(splits["train"], splits["val"], data.tokenizer, info, test)
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -245,6 +293,8 @@ def _tokenizer_tag(name: str, vocab_size: Optional[int], is_builtin: bool) -> st
         return "word-grammar" if is_builtin else f"word{vocab_size or DEFAULT_WORD_VOCAB}"
     if name == "bpe":
         return f"bpe{vocab_size or DEFAULT_BPE_VOCAB}"
+    if name == "char":
+        return f"char{vocab_size or 'all'}"
     return name
 
 
@@ -253,6 +303,8 @@ def _train_tokenizer(name: str, texts: list[str], vocab_size: Optional[int]) -> 
         return WordTokenizer.train(texts, vocab_size or DEFAULT_WORD_VOCAB)
     if name == "bpe":
         return BPETokenizer.train(texts, vocab_size or DEFAULT_BPE_VOCAB)
+    if name == "char":
+        return CharTokenizer.train(texts, vocab_size)
     raise ValueError(f"tokenizer {name!r} is not trainable")
 
 

@@ -1,4 +1,5 @@
-"""Tokenizers behind one small interface: GPT-2 BPE (transformers), word level, and a trained byte-level BPE.
+"""Tokenizers behind one small interface: GPT-2 BPE (transformers), word level, a trained byte-level BPE,
+character level and raw bytes.
 
 Every tokenizer has ``name``, ``vocab_size``, ``encode(text) -> list[int]``, ``decode(ids) -> str``, its special
 ids (``pad_id``/``unk_id``/``bos_id``/``eos_id``, None where it has none) and ``fingerprint()``, a hash of its
@@ -12,7 +13,12 @@ exact vocabulary that keys the token cache. ``encode_document`` wraps a document
   BOS ... EOS. The literal strings "<pad>", "<unk>", "<bos>", "<eos>" in text map to the special ids.
 - "bpe": a byte-level BPE trained with the ``tokenizers`` library on the training documents (deterministic:
   the same texts and size give the same merges); each document ends with <|endoftext|> (id 0).
-The trainable ones (word, bpe) save to and load from one JSON file (``save`` / ``load_tokenizer``).
+- "char": one id per character (Karpathy's char-rnn / nanoGPT's shakespeare_char): id 0 is UNK (any character
+  not seen in the training text; it decodes to U+FFFD), then the training text's characters in code-point order
+  (with ``vocab_size``: UNK + the vocab_size - 1 most frequent ones). No BOS/EOS: text is scored as it is.
+- "byte": the 256 byte values of the UTF-8 encoding, nothing trained and no specials; decoding replaces an
+  incomplete UTF-8 sequence by U+FFFD.
+The trainable ones (word, bpe, char) save to and load from one JSON file (``save`` / ``load_tokenizer``).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from newllm.utils.io import atomic_write_json
 
 DEFAULT_WORD_VOCAB = 1000
 DEFAULT_BPE_VOCAB = 8192
+BYTE_VOCAB_SIZE = 256
+UNKNOWN_CHAR = "\ufffd"  # what the char tokenizer's UNK decodes to
 GPT2_VOCAB_SIZE = 50257
 GPT2_ENV = "NEWLLM_GPT2_TOKENIZER"  # a local GPT-2 tokenizer folder, checked before ../shared
 END_OF_TEXT = "<|endoftext|>"
@@ -313,8 +321,115 @@ class BPETokenizer(Tokenizer):
         )
 
 
-def load_tokenizer(path: Union[str, Path]) -> Union[WordTokenizer, BPETokenizer]:
-    """Load a tokenizer saved by ``WordTokenizer.save`` or ``BPETokenizer.save``."""
+# ---------------------------------------------------------------------------------------- char and byte
+
+class CharTokenizer(Tokenizer):
+    """One id per character: UNK 0, then the vocabulary's characters (see the module docstring)."""
+
+    name = "char"
+    unk_id = 0
+
+    def __init__(self, chars: Sequence[str]) -> None:
+        chars = list(chars)
+        bad = [c for c in chars if not isinstance(c, str) or len(c) != 1]
+        if bad:
+            raise ValueError(f"char vocabulary entries must be single characters; bad: {bad[:5]}")
+        if len(set(chars)) != len(chars):
+            raise ValueError("char vocabulary has duplicate entries")
+        self._chars = chars
+        self._index = {c: i + 1 for i, c in enumerate(chars)}
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: Optional[int] = None) -> "CharTokenizer":
+        """Every character of ``texts`` (or the vocab_size - 1 most frequent), in code-point order, after UNK."""
+        counts: Counter[str] = Counter()
+        for text in texts:
+            counts.update(text)
+        if not counts:
+            raise ValueError("cannot build a character vocabulary: the training texts are empty")
+        if vocab_size is not None:
+            if vocab_size < 2:
+                raise ValueError(f"char vocab_size={vocab_size} leaves no room for a character after UNK; use >= 2 "
+                                 "or None (every character of the training text)")
+            ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+            counts = Counter(dict(ranked[: vocab_size - 1]))
+        return cls(sorted(counts))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._chars) + 1
+
+    @property
+    def chars(self) -> list[str]:
+        return list(self._chars)
+
+    def encode(self, text: str) -> list[int]:
+        index = self._index
+        return [index.get(c, 0) for c in text]
+
+    def _decode(self, ids: list[int]) -> str:
+        chars = self._chars
+        return "".join(chars[i - 1] if i else UNKNOWN_CHAR for i in ids)
+
+    def fingerprint(self) -> str:
+        return _sha256("char\0" + "".join(self._chars))
+
+    def save(self, path: Union[str, Path]) -> None:
+        atomic_write_json(Path(path), {"type": "char", "format": _SAVE_FORMAT, "chars": self._chars})
+
+
+class ByteTokenizer(Tokenizer):
+    """The UTF-8 bytes of the text as ids 0..255; every text round-trips exactly."""
+
+    name = "byte"
+
+    @property
+    def vocab_size(self) -> int:
+        return BYTE_VOCAB_SIZE
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def _decode(self, ids: list[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    def fingerprint(self) -> str:
+        return _sha256("byte-utf8")
+
+    def save(self, path: Union[str, Path]) -> None:
+        atomic_write_json(Path(path), {"type": "byte", "format": _SAVE_FORMAT})
+
+
+class IdsOnlyTokenizer(Tokenizer):
+    """A vocabulary without its tokenizer (pre-tokenized ids whose tokenizer is not available here).
+
+    It sizes models and labels metrics; ``encode`` is an error and ``decode`` writes ids as ``<id>``.
+    """
+
+    def __init__(self, name: str, vocab_size: int) -> None:
+        self.name = name
+        self._vocab_size = int(vocab_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        raise ValueError(f"the {self.name!r} ids were pre-tokenized and their tokenizer is not available: add a "
+                         "tokenizer_file to the folder's meta.json (a tokenizer saved with .save()) to encode text")
+
+    def _decode(self, ids: list[int]) -> str:
+        return "".join(f"<{i}>" for i in ids)
+
+    def fingerprint(self) -> str:
+        return _sha256(f"ids-only\0{self.name}\0{self._vocab_size}")
+
+
+SAVED_TYPES = ("word", "bpe", "char", "byte")
+
+
+def load_tokenizer(path: Union[str, Path]) -> Tokenizer:
+    """Load a tokenizer saved by the ``save`` method of a word, bpe, char or byte tokenizer."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -323,10 +438,14 @@ def load_tokenizer(path: Union[str, Path]) -> Union[WordTokenizer, BPETokenizer]
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{str(path)!r} is not a saved newllm tokenizer (bad JSON: {exc}); re-save it") from None
     kind = data.get("type") if isinstance(data, dict) else None
-    if kind not in ("word", "bpe") or data.get("format") != _SAVE_FORMAT:
+    if kind not in SAVED_TYPES or data.get("format") != _SAVE_FORMAT:
         raise ValueError(f"{str(path)!r} is not a saved newllm tokenizer (type {kind!r}); re-save it with .save()")
     if kind == "word":
         return WordTokenizer(data["words"])
+    if kind == "char":
+        return CharTokenizer(data["chars"])
+    if kind == "byte":
+        return ByteTokenizer()
     from tokenizers import Tokenizer as Backend
 
     return BPETokenizer(Backend.from_str(json.dumps(data["tokenizer"])))

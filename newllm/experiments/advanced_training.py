@@ -74,9 +74,9 @@ def cvfp_setup(settings: CVFPSettings, corpus: Corpus, quantization: str = "none
     model_cfg = model_for_corpus(settings.model, corpus)
     settings = replace(settings, model=model_cfg)
     work = Phase2Workload.from_config(model_cfg, corpus.train.n_tokens, corpus.val.n_tokens)
-    data = settings.data
-    data_summary = (f"{corpus.info['dataset']}: {data.samples} training documents ({corpus.train.n_tokens:,} tokens), "
-                    f"{data.val_samples} validation documents ({corpus.val.n_tokens:,} tokens)")
+    data_summary = (f"{corpus.info['dataset']}: {corpus.train.n_docs} training documents "
+                    f"({corpus.train.n_tokens:,} tokens), {corpus.val.n_docs} validation documents "
+                    f"({corpus.val.n_tokens:,} tokens)")
     return TrainingSetup("cvfp", original_run_name(model_cfg.ctx_dim, model_cfg.num_layers, quantization),
                          work.params, data_summary, f"{corpus.tokenizer.name} (V={corpus.tokenizer.vocab_size:,})",
                          quantization, cvfp_settings=settings, corpus=corpus)

@@ -167,7 +167,7 @@ def run_cvfp(
             raise
         warnings.warn(f"Phase 2 starts again: {error}", RuntimeWarning, stacklevel=2)
         p2 = phase2(False)
-    row = summarise(settings.data.samples, settings.seed, corpus, p1, p2, parameter_count(model), embedding)
+    row = summarise(corpus.info.get("samples"), settings.seed, corpus, p1, p2, parameter_count(model), embedding)
     if run is not None:
         run.write_config(settings=settings.to_dict(), resolved={**corpus.info, "embedding": embedding.kind,
                                                                  "embedding_reason": embedding.reason,
@@ -198,7 +198,7 @@ def run_baseline(kind: str, settings: CVFPSettings, corpus: Corpus, progress: bo
     )
     return {
         "model": kind,
-        "samples": settings.data.samples,
+        "samples": corpus.info.get("samples"),
         "seed": settings.seed,
         "dataset": corpus.info.get("dataset"),
         "tokenizer": val.tokenizer,
