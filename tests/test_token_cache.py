@@ -38,7 +38,8 @@ def test_content_hash_separates_parts():
     assert tc.content_hash(["x"]) == tc.content_hash(["x"])
 
 
-@pytest.mark.parametrize("change", ["version", "key", "fingerprint", "truncated", "missing", "meta"])
+@pytest.mark.parametrize("change", ["version", "key", "fingerprint", "truncated", "missing", "meta", "one_id",
+                                    "one_offset", "header"])
 def test_stale_entries_are_detected(tmp_path, change):
     folder = tmp_path / "entry"
     _save(folder)
@@ -56,6 +57,15 @@ def test_stale_entries_are_detected(tmp_path, change):
         (folder / "train_ids.npy").write_bytes(data[:-4])
     elif change == "missing":
         (folder / "train_offsets.npy").unlink()
+    elif change in ("one_id", "one_offset"):  # same size, one value changed: only the content hash can tell
+        name = "train_ids" if change == "one_id" else "train_offsets"
+        data = bytearray((folder / f"{name}.npy").read_bytes())
+        data[-1 if change == "one_id" else -9] ^= 0x01
+        (folder / f"{name}.npy").write_bytes(bytes(data))
+    elif change == "header":  # a damaged .npy header (numpy raised tokenize.TokenError on this once)
+        data = bytearray((folder / "train_ids.npy").read_bytes())
+        data[20:26] = b"\"'((("
+        (folder / "train_ids.npy").write_bytes(bytes(data))
     meta_path.write_text("{broken" if change == "meta" else json.dumps(meta))
     assert load_entry(folder, key, fingerprint) is None
     _save(folder)  # a rebuild over the stale entry is valid again

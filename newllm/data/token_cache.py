@@ -4,10 +4,10 @@ An entry is a folder ``<root>/corpora/<dataset>/<tokenizer tag>-<content hash pr
 file per array (ids as uint16 when the vocabulary fits, else int32; document offsets as int64; optional float64
 log-probabilities), an optional ``tokenizer.json`` (trained tokenizers) and ``meta.json``. ``meta.json`` is
 written last and records the cache format version, the key (dataset, tokenizer tag, full content hash, tokenizer
-fingerprint) and every file's byte size, dtype and shape; it is the entry's commit marker.
+fingerprint) and every file's byte size, dtype, shape and SHA-256; it is the entry's commit marker.
 
 Reading checks all of that (and that offsets are consistent with the ids). Anything off (a version bump, another
-content hash or tokenizer, a missing or truncated file) makes the entry stale: ``load_entry`` says why in the log
+content hash or tokenizer, a missing, truncated or altered file, a damaged ``.npy`` header) makes the entry stale: ``load_entry`` says why in the log
 and returns None, and the caller rebuilds it. Every file is written atomically (newllm.utils.io); a failed build removes
 what it wrote, so no partial entry is left behind.
 
@@ -31,7 +31,7 @@ from newllm.utils.io import atomic_path, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: every file's SHA-256 in meta.json
 CACHE_ENV = "NEWLLM_CACHE"
 META = "meta.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -82,6 +82,14 @@ class CacheEntry:
     tokenizer_fingerprint: str  # of the tokenizer the ids were made with
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _stale(folder: Path, reason: str) -> None:
     logger.info("token cache %s is stale (%s); rebuilding", folder, reason)
 
@@ -111,10 +119,13 @@ def load_entry(folder: Path, key: CacheKey, tokenizer_fingerprint: Optional[str]
         if not path.is_file() or path.stat().st_size != spec["bytes"]:
             _stale(folder, f"{path.name} is missing or has the wrong size (truncated?)")
             return None
+        if file_sha256(path) != spec.get("sha256"):
+            _stale(folder, f"{path.name} changed since it was written (its SHA-256 differs)")
+            return None
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            _stale(folder, f"{path.name} cannot be read: {exc}")
+        except Exception as exc:  # a damaged header raises whatever numpy's header parser hits (even TokenError)
+            _stale(folder, f"{path.name} cannot be read: {type(exc).__name__}: {exc}")
             return None
         if str(array.dtype) != spec["dtype"] or list(array.shape) != spec["shape"]:
             _stale(folder, f"{path.name} has dtype/shape {array.dtype}/{array.shape}, expected {spec}")
@@ -142,7 +153,8 @@ def save_entry(
             with atomic_path(path) as tmp, open(tmp, "wb") as handle:
                 np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
             written.append(path)
-            files[name] = {"bytes": path.stat().st_size, "dtype": str(array.dtype), "shape": list(array.shape)}
+            files[name] = {"bytes": path.stat().st_size, "dtype": str(array.dtype), "shape": list(array.shape),
+                           "sha256": file_sha256(path)}
         if tokenizer is not None:
             tokenizer.save(folder / TOKENIZER_FILE)
             written.append(folder / TOKENIZER_FILE)
