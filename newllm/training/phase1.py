@@ -42,6 +42,7 @@ from newllm.data.corpus import CorpusSplit
 from newllm.data.streams import StreamsInput, TokenStreams, make_streams
 from newllm.evaluation.context_metrics import ContextMetrics, context_metrics, convergence_rate, effective_rank
 from newllm.models.cvfp import ContextBlock, CVFPModel
+from newllm.models.era_b import EraBBlock
 from newllm.recurrence import (
     EmbeddedStreams,
     RecurrenceResult,
@@ -237,8 +238,10 @@ class Phase1Result:
 
 
 def _check_model(model: CVFPModel) -> list[torch.nn.Parameter]:
-    if not isinstance(getattr(model, "context_block", None), ContextBlock):
-        raise TypeError("train_phase1 needs a CVFPModel (with a .context_block); build one with build_cvfp_model")
+    block = getattr(model, "context_block", None)
+    if not isinstance(block, (ContextBlock, EraBBlock)):
+        raise TypeError("train_phase1 needs a CVFP model (E-architecture or era-B, with a .context_block); build one "
+                        "with build_cvfp_model")
     params = [p for p in model.context_block.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the ContextBlock has no trainable parameters (all requires_grad=False)")
