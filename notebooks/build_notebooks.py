@@ -81,7 +81,12 @@ from newllm.notebook.parameters import find_results_dir, notebook_values, parame
 values = notebook_values("{notebook}", preset, globals())
 results = find_results_dir(results_dir)
 print(f"preset {{values['preset']!r}} -> {{values['preset_used']!r}}; runs are written under {{results}}")
-display(parameters_table(values))""")
+display(parameters_table(values))
+from newllm.notebook.presets import seed_deviations
+
+if len(seed_deviations(values["preset_used"])):
+    print(f"preset {{values['preset_used']!r}} differs from its seed here:")
+    display(seed_deviations(values["preset_used"]))""")
 
 
 def header(notebook: str, title: str, text: str, headless: str) -> list[nbformat.NotebookNode]:
@@ -139,7 +144,7 @@ values = controls.apply(values)  # the sliders you moved, if any
 data_cfg = DataConfig(dataset=values["dataset"], tokenizer=values["tokenizer"], samples={samples},
                       val_samples=values["val_samples"])
 model_cfg = ModelConfig(ctx_dim=values["ctx_dim"], embed_dim=values["embed_dim"], num_layers=values["layers"],
-                        num_input_tokens=values["num_input_tokens"],
+                        num_input_tokens=values["num_input_tokens"], architecture=values.get("architecture", "E"),
                         embedding=cvfp_embedding(values["tokenizer"], values["embed_dim"]))
 {phase1}
 {phase2}
@@ -347,8 +352,11 @@ def parallel_tuning() -> nbformat.NotebookNode:
         resolve_cell(name),
         *cvfp_size_cells(),
         *cvfp_config_cells('values["samples"]',
-                           "# the grid sets solver, max_iterations and dist_reg_weight at each point\n"
-                           'phase1_cfg = Phase1Config(min_iterations=values["phase1_min_iterations"])',
+                           "# the grid sets solver, max_iterations and dist_reg_weight at each point; "
+                           "phase1_original: the original's rules (Phase1Config.original)\n"
+                           'phase1_cfg = (Phase1Config.original(values["phase1_original"], '
+                           'min_iterations=values["phase1_min_iterations"]) if values["phase1_original"]\n'
+                           '              else Phase1Config(min_iterations=values["phase1_min_iterations"]))',
                            "# no Phase 2: the grid compares Phase 1 alone",
                            'CVFPSettings(data=data_cfg, model=model_cfg, phase1=phase1_cfg, seed=values["seed"])'),
         new_markdown_cell("## The grid\nEvery (solver, max iterations, dist_reg_weight) from the same initial "
@@ -397,15 +405,23 @@ def optimize_dist_reg_weight() -> nbformat.NotebookNode:
         parameters_cell(name, {}),
         resolve_cell(name),
         *cvfp_size_cells(),
-        *cvfp_config_cells('values["samples"]', PHASE1_CFG + "  # each trial sets dist_reg_weight",
+        *cvfp_config_cells('values["samples"]', PHASE1_CFG + "  # each trial sets dist_reg_weight\n"
+                           "if values[\"phase1_original\"]:  # the original's rules (Phase1Config.original)\n"
+                           "    phase1_cfg = Phase1Config.original(values[\"phase1_original\"], "
+                           "max_iterations=phase1_cfg.max_iterations,\n"
+                           "                                       min_iterations=phase1_cfg.min_iterations)",
                            PHASE2_CFG, FULL_SETTINGS),
         new_markdown_cell("## The study\nIts config (range, trials, journal), then one Phase 1 + Phase 2 run per "
                           "trial with the configs above."),
         new_code_cell("""\
+import dataclasses
+
 from newllm.experiments.dist_reg_study import STUDY_EXPERIMENT, run_dist_reg_study
 from newllm.notebook.parameters import open_run, study_config
 
 study_cfg = study_config(values, results)
+# the pruner: seed 004's document (MedianPruner(5, 0, 1) + train ER < 50 %) or its final code (NopPruner, no ER rule)
+study_cfg = dataclasses.replace(study_cfg, pruner=values["pruner"], min_er_pct=values["min_er_pct"])
 print(study_cfg)
 run = open_run(STUDY_EXPERIMENT, values, results, run_name, default_name=values["study_name"])
 outcome = run_dist_reg_study(settings, study_cfg, run)

@@ -10,14 +10,18 @@ from newllm.config.base import ConfigBase
 # ----------------------------------------------------------------------------------------------- model
 
 EMBEDDINGS = ("auto", "gpt2", "random")
+ARCHITECTURES = ("E", "eraB")
 
 
 @dataclass(frozen=True)
 class ModelConfig(ConfigBase):
-    """The CVFP model (E-architecture, seed-spec 5.1).
+    """The CVFP model: the E-architecture (seed-spec 5.1) or the era-B model (4.2).
 
     Defaults are the original's last configuration: 6 layers, 768 dims, one input token, the token re-injected
     into every ContextBlock layer, GPT-2 vocabulary and frozen GPT-2 embeddings, no weight tying.
+    ``architecture="eraB"``: the era-B CVFPLayer stack of seeds 000 / 004 (newllm/models/era_b.py): context and
+    token streams threaded through every layer, LayerNorm mixed in by ``layernorm_mix``, the head on the context;
+    it takes one input token and no weight tying (``token_input_all_layers`` does not apply).
     """
 
     vocab_size: int = 50257
@@ -32,8 +36,17 @@ class ModelConfig(ConfigBase):
     init_std: float = 0.1
     bias_std: float = 0.01
     embedding_init_std: float = 0.02
+    architecture: str = "E"  # "E": ContextBlock + TokenBlock; "eraB": the era-B CVFPLayer model (seeds 000, 004)
+    layernorm_mix: float = 1.0  # eraB only: m in c' <- (1 - m) c' + m LN(c') (1.0 in every reported run)
 
     def __post_init__(self) -> None:
+        self._choice("architecture", ARCHITECTURES)
+        self._in_range("layernorm_mix", 0.0, 1.0)
+        if self.architecture == "eraB":
+            self._require("num_input_tokens", self.num_input_tokens == 1,
+                          "1 with architecture='eraB' (its token stream starts from one token's embedding)")
+            self._require("weight_tying", not self.weight_tying,
+                          "False with architecture='eraB' (its head is a separate Linear on the context)")
         self._positive_int("vocab_size", 2)
         self._positive_int("ctx_dim")
         self._positive_int("embed_dim")

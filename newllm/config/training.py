@@ -36,9 +36,40 @@ class Phase1Config(ConfigBase):
     recurrence: str = "auto"  # exact evaluations: "auto", "loop", "sweeps", "segments" (newllm/recurrence.py)
     final_contexts: str = "exact"  # result contexts: "exact" under the final weights, or the "last" iteration's outputs
     er_every: int = 1  # train ER in the history every k iterations (0: only for the final contexts)
+    # token 0's incoming context: "zero" (the kit's); "wrap" (parallel only: the previous iteration's last context,
+    # the original's shift rolled around the stream); "carry" (sequential only: each pass runs from the previous
+    # pass's last context, as the original's sequential trainer did)
+    first_context: str = "zero"
+    # the diversity term over the whole "stream" (chunks are a memory split only), or per "chunk" of chunk_size
+    # tokens as the original computed it (loss = mean over chunks of each chunk's (1-w) CVFP + w diversity)
+    diversity_scope: str = "stream"
+
+    @classmethod
+    def original(cls, era: str = "B", **overrides) -> "Phase1Config":
+        """The original's Phase-1 rules: era "B" (seeds 000 / 004, seed-spec 4.4 c: parallel, wrap-around, FIXED
+        iteration-0 target, no noise, thr 0.1, <= 10 iterations, w 0.9) or "C" (seed 003, 5.2: wrap-around,
+        previous target, noise 0.1, thr 0.03, 5..40 iterations, w 0.6, dispersion per 8,000-token chunk); the
+        train contexts are the last parallel pass's outputs in both. ``overrides`` set any other field."""
+        if era not in ("B", "C"):
+            raise ValueError(f"era={era!r}: use 'B' (seeds 000 / 004) or 'C' (seed 003)")
+        common = dict(solver="parallel", first_context="wrap", diversity_scope="chunk", first_pass="exact",
+                      final_contexts="last", lr=0.002, grad_clip=1.0, min_converged_ratio=0.95, chunk_size=8000)
+        if era == "B":
+            values = dict(common, target="fixed", noise_std=0.0, convergence_threshold=0.1, min_iterations=1,
+                          max_iterations=10, dist_reg_weight=0.9)
+        else:
+            values = dict(common, target="previous", noise_std=0.1, convergence_threshold=0.03, min_iterations=5,
+                          max_iterations=40, dist_reg_weight=0.6)
+        return cls(**{**values, **overrides})
 
     def __post_init__(self) -> None:
         self._choice("solver", ("sequential", "parallel"))
+        self._choice("first_context", ("zero", "wrap", "carry"))
+        self._require("first_context", self.first_context != "wrap" or self.solver == "parallel",
+                      "'zero' or 'carry' with solver='sequential' ('wrap' is the parallel solver's rule)")
+        self._require("first_context", self.first_context != "carry" or self.solver == "sequential",
+                      "'zero' or 'wrap' with solver='parallel' ('carry' is the sequential solver's rule)")
+        self._choice("diversity_scope", ("stream", "chunk"))
         self._optional_positive_int("sweeps_per_step")
         self._require(
             "sweeps_per_step",

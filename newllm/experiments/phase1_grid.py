@@ -47,6 +47,9 @@ def phase1_grid(
             base_cfg,
             solver=solver,
             sweeps_per_step=base_cfg.sweeps_per_step if solver == "parallel" else None,
+            # the original's token-0 rule of each solver: wrap-around (parallel) / carry-over (sequential)
+            first_context="zero" if base_cfg.first_context == "zero" else (
+                "wrap" if solver == "parallel" else "carry"),
             max_iterations=max_iterations,
             min_iterations=min(base_cfg.min_iterations, max_iterations),
             dist_reg_weight=weight,

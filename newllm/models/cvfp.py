@@ -15,8 +15,7 @@ only the context share runs token by token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +25,9 @@ from newllm.config.models import ModelConfig
 from newllm.data.sources import hub_reachable
 from newllm.models.common import init_linear
 from newllm.models.embeddings import EmbeddingChoice, load_gpt2_embeddings, resolve_embedding
+from newllm.models.era_b import EraBModel
 from newllm.models.sampling import Sampling
+from newllm.models.stack import CVFPOutput, LayerStack, StackModel  # noqa: F401 (CVFPOutput re-exported)
 
 # ------------------------------------------------------------------------------------------ CVFP layers
 
@@ -92,8 +93,9 @@ def token_layer_dims(cfg: ModelConfig) -> list[int]:
     return [cfg.token_input_dim - (extra * layer) // cfg.num_layers for layer in range(1, cfg.num_layers + 1)]
 
 
-class ContextBlock(nn.Module):
-    """The stack of ContextLayers that updates the carried context, one token at a time."""
+class ContextBlock(LayerStack, nn.Module):
+    """The stack of ContextLayers that updates the carried context, one token at a time (the shared interface:
+    newllm.models.stack.LayerStack)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -107,45 +109,6 @@ class ContextBlock(nn.Module):
             layers.append(ContextLayer(in_dim, token_dim, out_dim, cfg.init_std, cfg.bias_std))
             in_dim = out_dim
         self.layers = nn.ModuleList(layers)
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.layers)
-
-    def token_projections(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per layer, the token share of its input projection for every token in ``x`` ([..., token_dim])."""
-        return [layer.token_projection(x) for layer in self.layers]
-
-    def step(self, c: torch.Tensor, projections: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """One token: all layer outputs [c^(1) .. c^(L)] from the incoming context and the token projections."""
-        outputs = []
-        for layer, proj in zip(self.layers, projections):
-            c = layer.step(c, proj)
-            outputs.append(c)
-        return outputs
-
-    def forward(self, c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The new context c^(L) for a batch of (incoming context, token input) pairs, all at once."""
-        return self.step(c, self.token_projections(x))[-1]
-
-    def forward_all(self, c: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
-        """Every layer's output for a batch of (incoming context, token input) pairs."""
-        return self.step(c, self.token_projections(x))
-
-    def run(self, x: torch.Tensor, context: torch.Tensor) -> list[torch.Tensor]:
-        """The recurrence token by token over x [B, T, token_dim] from ``context`` [B, ctx_dim], with autograd
-        (full BPTT): every layer's output, L tensors [B, T, dim_l]. The reference that the lean no-grad solvers of
-        ``newllm.recurrence`` are tested against."""
-        projections = self.token_projections(x)
-        per_layer: list[list[torch.Tensor]] = [[] for _ in range(self.num_layers)]
-        c = context
-        for i in range(x.shape[1]):
-            for store, out in zip(per_layer, self.step(c, [p[:, i] if p.dim() == 3 else p for p in projections])):
-                store.append(out)
-            c = per_layer[-1][-1]
-        if x.shape[1] == 0:
-            return [x.new_zeros(x.shape[0], 0, dim) for dim in self.dims]
-        return [torch.stack(store, dim=1) for store in per_layer]
 
 
 class TokenBlock(nn.Module):
@@ -174,14 +137,7 @@ class TokenBlock(nn.Module):
 
 # ------------------------------------------------------------------------------------------ CVFP model
 
-@dataclass
-class CVFPOutput:
-    logits: torch.Tensor  # [B, T, V]: position i predicts token i+1
-    context: torch.Tensor  # [B, ctx_dim]: the context carried after the last token
-    contexts: list[torch.Tensor]  # per layer [B, T, dim_l]
-
-
-class CVFPModel(Sampling, nn.Module):
+class CVFPModel(StackModel, Sampling, nn.Module):
     """ContextBlock + TokenBlock + output head, on (frozen by default) token embeddings followed by a LayerNorm.
 
     ``embedding_weights`` (vocab x embed_dim) are copied into the embedding when given; otherwise the embedding is
@@ -191,18 +147,7 @@ class CVFPModel(Sampling, nn.Module):
     def __init__(self, cfg: ModelConfig, embedding_weights: Optional[torch.Tensor] = None):
         super().__init__()
         self.cfg = cfg
-        self.embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
-        if embedding_weights is not None:
-            if tuple(embedding_weights.shape) != (cfg.vocab_size, cfg.embed_dim):
-                raise ValueError(
-                    f"embedding_weights has shape {tuple(embedding_weights.shape)}, the config needs "
-                    f"({cfg.vocab_size}, {cfg.embed_dim})"
-                )
-            with torch.no_grad():
-                self.embedding.weight.copy_(embedding_weights)
-        else:
-            nn.init.normal_(self.embedding.weight, mean=0.0, std=cfg.embedding_init_std)
-        self.embedding.weight.requires_grad_(not cfg.freeze_embedding)
+        self.init_embedding(cfg, embedding_weights)
         self.embed_norm = nn.LayerNorm(cfg.embed_dim)
         self.context_block = ContextBlock(cfg)
         self.token_block = TokenBlock(cfg)
@@ -214,18 +159,6 @@ class CVFPModel(Sampling, nn.Module):
             self.head = nn.Linear(self.token_block.dims[-1], cfg.vocab_size)
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
-
-    @property
-    def ctx_dim(self) -> int:
-        return self.cfg.ctx_dim
-
-    def check_ids(self, ids: torch.Tensor) -> None:
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.cfg.vocab_size):
-            raise ValueError(
-                f"token ids range over [{int(ids.min())}, {int(ids.max())}] but the model's vocab_size is "
-                f"{self.cfg.vocab_size}: use the tokenizer the model was built for (ModelConfig.vocab_size = "
-                "tokenizer.vocab_size)"
-            )
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """Token inputs x for ids [..., T]: the last k normalised embeddings concatenated, [..., T, k*embed_dim].
@@ -247,42 +180,20 @@ class CVFPModel(Sampling, nn.Module):
                 parts.append(shifted)
         return torch.cat(parts, dim=-1)
 
-    def initial_context(self, batch: int, device=None, dtype=None) -> torch.Tensor:
-        return torch.zeros(batch, self.cfg.ctx_dim, device=device, dtype=dtype or self.embedding.weight.dtype)
-
     def predict(self, contexts: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Logits from per-layer contexts and token inputs (all positions at once)."""
         return self.head(self.token_block(contexts, x))
 
-    def forward(self, ids: torch.Tensor, context: Optional[torch.Tensor] = None) -> CVFPOutput:
-        """Run a batch of sequences ids [B, T] (or one sequence [T]) from ``context`` (zeros when None)."""
-        squeeze = ids.dim() == 1
-        if squeeze:
-            ids = ids.unsqueeze(0)
-        x = self.embed_tokens(ids)
-        if context is None:
-            context = self.initial_context(ids.shape[0], ids.device, x.dtype)
-        per_layer = self.context_block.run(x, context)
-        logits = self.predict(per_layer, x)
-        out = CVFPOutput(logits=logits, context=per_layer[-1][:, -1], contexts=per_layer)
-        if squeeze:
-            out = CVFPOutput(out.logits[0], out.context[0], [c[0] for c in out.contexts])
-        return out
 
-    # generate() comes from Sampling: the prompt runs once, then one recurrence step per token
-    def sampling_start(self, prompt: torch.Tensor):
-        out = self.forward(prompt)
-        return out.context, out.logits[:, -1]
-
-    def sampling_step(self, context: torch.Tensor, so_far: torch.Tensor):
-        x = self.embed_tokens(so_far[:, -self.cfg.num_input_tokens:])[:, -1]
-        per_layer = self.context_block.forward_all(context, x)
-        return per_layer[-1], self.predict(per_layer, x)
+def model_class(cfg: ModelConfig) -> type:
+    """The model class of ``cfg.architecture``: CVFPModel ("E") or EraBModel ("eraB")."""
+    return EraBModel if cfg.architecture == "eraB" else CVFPModel
 
 
 def build_cvfp_model(
     cfg: ModelConfig, loader=load_gpt2_embeddings, reachable: Callable[[], bool] = hub_reachable
-) -> tuple[CVFPModel, EmbeddingChoice]:
-    """Build the CVFP model with ``cfg.embedding`` resolved; returns the model and which embedding it got."""
+) -> tuple[Union[CVFPModel, EraBModel], EmbeddingChoice]:
+    """Build the model of ``cfg.architecture`` with ``cfg.embedding`` resolved; returns the model and which
+    embedding it got."""
     weights, choice = resolve_embedding(cfg, loader, reachable)
-    return CVFPModel(cfg, weights), choice
+    return model_class(cfg)(cfg, weights), choice

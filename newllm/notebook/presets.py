@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import torch
 
-PRESETS = ("auto", "cpu", "gpu")
+PRESETS = ("auto", "cpu", "gpu", "seed000", "seed004")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,14 @@ PHASES = {
     "val_samples": Param("int", 2, 20, "held-out validation documents (fixed for every size)", minimum=1),
 }
 
+ERA_B = {
+    "architecture": Param("str", "E", "E", "model: 'E' (ContextBlock + TokenBlock) or 'eraB' (the CVFPLayer model of "
+                          "seeds 000 / 004)", choices=("E", "eraB")),
+    "phase1_original": Param("optional_str", None, None, "None: the kit's Phase-1 rules; 'B' / 'C': the original's "
+                             "(Phase1Config.original: wrap-around token 0, dispersion per chunk, era B's fixed target, "
+                             "no noise, thr 0.1 / era C's)", choices=("B", "C")),
+}
+
 NOTEBOOK_PARAMS: dict[str, dict[str, Param]] = {
     "scaling": {
         "samples": Param("int_list", [2, 4, 8, 16], [50, 100, 200, 500], "training documents per size", minimum=1),
@@ -58,6 +66,8 @@ NOTEBOOK_PARAMS: dict[str, dict[str, Param]] = {
         "baselines": Param("str_list", [], [], "baselines trained on the same data", choices=("lstm", "transformer")),
         **COMMON_MODEL,
         **PHASES,
+        # seed 003 stopped Phase 2 after one epoch without improvement
+        "phase2_patience": Param("int", 2, 1, "Phase 2 early-stopping patience", minimum=1),
     },
     "parallel_tuning": {
         "samples": Param("int", 4, 50, "training documents", minimum=1),
@@ -67,6 +77,7 @@ NOTEBOOK_PARAMS: dict[str, dict[str, Param]] = {
         "solvers": Param("str_list", ["sequential", "parallel"], ["sequential", "parallel"], "solvers (grid axis)",
                          choices=("sequential", "parallel")),
         **COMMON_MODEL,
+        **ERA_B,
         **{k: v for k, v in PHASES.items() if k in ("val_samples", "phase1_min_iterations")},
     },
     "optimize_dist_reg_weight": {
@@ -77,7 +88,13 @@ NOTEBOOK_PARAMS: dict[str, dict[str, Param]] = {
         "storage": Param("optional_str", None, None, "None: a journal file under results/; or an RDB URL"),
         "w_low": Param("float", 0.5, 0.5, "lower end of the dist_reg_weight range", minimum=0.0, maximum=1.0),
         "w_high": Param("float", 0.999, 0.999, "upper end of the dist_reg_weight range", minimum=0.0, maximum=1.0),
+        "pruner": Param("str", "median", "median", "'median': MedianPruner(5, 0, 1) as seed 004's document; 'none': "
+                        "NopPruner as the original's final code", choices=("median", "none")),
+        "min_er_pct": Param("optional_float", 30.0, 30.0, "prune trials whose train ER is below this % (the kit: 30, "
+                            "seed-spec 4.6's low-diversity flag; seed 004's document: 50; 0: off)",
+                            minimum=0.0, maximum=100.0),
         **COMMON_MODEL,
+        **ERA_B,
         **PHASES,
     },
     "advanced_training": {
@@ -115,8 +132,56 @@ NOTEBOOK_PARAMS: dict[str, dict[str, Param]] = {
 }
 
 
+# The seeds' experiments at CPU size, on top of the "cpu" preset: seed 000's grid (seed-spec 4.7) and seed 004's
+# study (4.8) on the era-B model with the original's Phase-1 rules.
+SEED_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "seed000": ("parallel_tuning", {
+        "architecture": "eraB", "phase1_original": "B", "iterations": [10, 20, 30, 50],
+        "weights": [0.5, 0.7, 0.8, 0.9], "solvers": ["parallel"], "phase1_min_iterations": 1,
+    }),
+    "seed004": ("optimize_dist_reg_weight", {
+        "architecture": "E", "phase1_original": "B", "n_trials": 20, "w_low": 0.5, "w_high": 0.999,
+        "pruner": "median", "min_er_pct": 50.0, "phase1_max_iterations": 10, "phase1_min_iterations": 1,
+        "phase2_epochs": 5, "phase2_lr": 1e-4, "phase2_patience": 5, "samples": 5,
+    }),
+}
+
+# Where a seed preset differs from its seed: (what, the seed's, this preset's, why).
+SEED_DEVIATIONS: dict[str, list[tuple[str, str, str, str]]] = {
+    "seed000": [
+        ("data", "1,000 UltraChat tokens (GPT-2 BPE)", "the built-in corpus, `samples` documents (word tokens)",
+         "offline; DataConfig has no token cap"),
+        ("model size", "6 x 768, V 50,257", "ctx_dim / layers of the cpu preset (64 x 2)", "CPU time"),
+        ("embedding", "GPT-2 wte, frozen", "random N(0, 0.02), frozen", "GPT-2 weights cannot be loaded offline"),
+        ("iteration 0 / validation pass", "block called as (token, context) (seed-spec 7.1)", "(context, token)",
+         "the swap was a bug"),
+        ("solvers", "parallel grid (+ one sequential run)", "parallel", "as the seed's grid"),
+    ],
+    "seed004": [
+        ("data", "5 samples x 128 UltraChat tokens", "5 built-in documents, full length", "offline; no truncation"),
+        ("model size", "6 x 768", "cpu preset (64 x 2)", "CPU time"),
+        ("embedding", "GPT-2 wte, frozen", "random N(0, 0.02), frozen", "GPT-2 weights cannot be loaded offline"),
+        ("model", "era-B CVFPLayer model", "E-architecture (ContextBlock + TokenBlock) with era B's Phase-1 rules",
+         "the kit has no era-B Phase 2 yet"),
+        ("Phase 2", "per-block heads, batch 32, lr 1e-4, 5 epochs", "the kit's cached Phase 2, lr 1e-4, 5 epochs, "
+         "planner's batch", "the kit has no era-B Phase 2 yet"),
+        ("pruner", "MedianPruner(5, 0, 1) + train ER < 50 % (document); NopPruner (final code)",
+         "the document's by default; pruner='none', min_er_pct=0 for the final code's", ""),
+    ],
+}
+
+
+def seed_deviations(preset: str) -> "Any":
+    """A DataFrame of where the seed preset differs from its seed (empty for other presets)."""
+    import pandas as pd
+
+    rows = SEED_DEVIATIONS.get(preset, [])
+    return pd.DataFrame(rows, columns=["what", "the seed", "this preset", "why"])
+
+
 def choose_preset(preset: str, cuda_available: Optional[bool] = None) -> str:
-    """'auto' -> 'gpu' on a CUDA machine, else 'cpu'; 'cpu'/'gpu' pass through; anything else is an error."""
+    """'auto' -> 'gpu' on a CUDA machine, else 'cpu'; 'cpu'/'gpu' and the seed presets pass through; anything
+    else is an error."""
     if preset not in PRESETS:
         raise ValueError(f"preset={preset!r} is unknown: use one of {', '.join(map(repr, PRESETS))}")
     if preset != "auto":
@@ -184,11 +249,16 @@ def resolve(notebook: str, preset: str = "auto", cuda_available: Optional[bool] 
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for {notebook}.ipynb; known: {sorted(specs)}")
     used = choose_preset(preset, cuda_available)
+    seed_values: dict[str, Any] = {}
+    if used in SEED_PRESETS:
+        home, seed_values = SEED_PRESETS[used]
+        if home != notebook:
+            raise ValueError(f"preset={used!r} is {home}.ipynb's (seed experiment); use 'auto', 'cpu' or 'gpu' here")
     values: dict[str, Any] = {"preset": preset, "preset_used": used}
     for name, spec in specs.items():
         value = given.get(name)
         if value is None:
-            value = spec.gpu if used == "gpu" else spec.cpu
+            value = seed_values.get(name, spec.gpu if used == "gpu" else spec.cpu)
             values[name] = _check(name, spec, value) if value is not None else None
         else:
             values[name] = _check(name, spec, value)

@@ -51,16 +51,19 @@ def gated_model_config(ctx_dim: int, layers: int, vocab_size: int, embed_dim: Op
                                embed_dim=embed_dim or base.embed_dim)
 
 
-def cvfp_model_config(ctx_dim: int, layers: int, vocab_size: int, embed_dim: Optional[int] = None) -> ModelConfig:
+def cvfp_model_config(ctx_dim: int, layers: int, vocab_size: int, embed_dim: Optional[int] = None,
+                      architecture: str = "E") -> ModelConfig:
     """The CVFP model's config for these sizes (embedding width ctx_dim unless given; random embeddings)."""
     return ModelConfig(vocab_size=vocab_size, ctx_dim=ctx_dim, embed_dim=embed_dim or ctx_dim, num_layers=layers,
-                       embedding="random")
+                       embedding="random", architecture=architecture)
 
 
-def count_parameters(family: str, ctx_dim: int, layers: int, vocab_size: int, embed_dim: Optional[int] = None) -> int:
-    """Parameters of the model with these sizes, counted on the meta device (nothing is allocated)."""
+def count_parameters(family: str, ctx_dim: int, layers: int, vocab_size: int, embed_dim: Optional[int] = None,
+                     architecture: str = "E") -> int:
+    """Parameters of the model with these sizes (cvfp: of ``architecture``, "E" or "eraB"), counted on the meta
+    device (nothing is allocated)."""
     from newllm.models.common import parameter_count
-    from newllm.models.cvfp import CVFPModel
+    from newllm.models.cvfp import model_class
     from newllm.models.gated import GatedContextLM
 
     _check_family(family)
@@ -68,7 +71,8 @@ def count_parameters(family: str, ctx_dim: int, layers: int, vocab_size: int, em
         if family == "gated":
             model = GatedContextLM(gated_model_config(ctx_dim, layers, vocab_size, embed_dim))
         else:
-            model = CVFPModel(cvfp_model_config(ctx_dim, layers, vocab_size, embed_dim))
+            cfg = cvfp_model_config(ctx_dim, layers, vocab_size, embed_dim, architecture)
+            model = model_class(cfg)(cfg)
     return parameter_count(model)
 
 
@@ -108,22 +112,31 @@ def estimate_size(
     batch_size: int = 32,
     window: int = 64,
     train_windows: int = 0,
+    architecture: str = "E",
 ) -> SizeEstimate:
-    """Parameter count and memory peak of a run with these sizes (cvfp: the Phase-2 plan; gated: training)."""
+    """Parameter count and memory peak of a run with these sizes (cvfp: the Phase-2 plan; gated: training).
+
+    ``architecture="eraB"``: the era-B model's parameter count; the memory is still the E-architecture's Phase-2
+    plan at these sizes (the planner models that one)."""
     _check_family(family)
     where = "GPU" if budget.device_type == "cuda" else "host RAM"
     if family == "cvfp":
         cfg = cvfp_model_config(ctx_dim, layers, vocab_size, embed_dim)
         work = Phase2Workload.from_config(cfg, max(train_tokens, 1), max(val_tokens, 1))
+        params = work.params
+        if architecture != "E":
+            params = count_parameters("cvfp", ctx_dim, layers, vocab_size, embed_dim, architecture)
         place = "device" if budget.device_type == "cuda" else "host"
         try:
             plan = plan_phase2(work, phase2, budget)
         except MemoryPlanError as exc:
             limit = int(phase2.memory_safety * (budget.device_free if place == "device" else budget.host_available))
-            return SizeEstimate(work.params, None, limit, where, str(exc).splitlines()[0], False)
+            return SizeEstimate(params, None, limit, where, str(exc).splitlines()[0], False)
         detail = (f"Phase-2 plan for {train_tokens:,} + {val_tokens:,} tokens: cache on {plan.placement} as "
                   f"{plan.cache_dtype}, micro-batch {plan.micro_batch_size:,}")
-        return SizeEstimate(work.params, plan.peak(place), plan.limits[place], where, detail, True)
+        if architecture != "E":
+            detail += " (memory: the E-architecture's plan)"
+        return SizeEstimate(params, plan.peak(place), plan.limits[place], where, detail, True)
     cfg = gated_model_config(ctx_dim, layers, vocab_size, embed_dim)
     params = count_parameters("gated", ctx_dim, layers, vocab_size, embed_dim)
     parts = gated_training_bytes(cfg, batch_size, window, params, train_windows)
@@ -233,8 +246,10 @@ def notebook_controls(
     val_tokens: int = 0,
     batch_size: Optional[int] = None,
     budget: Optional[MemoryBudget] = None,
+    architecture: Optional[str] = None,
 ) -> tuple[Any, SizeControls]:
     """The sliders of a notebook's resolved parameters: ctx_dim and layers, and for the CVFP model ``samples``.
+    The parameter count follows ``architecture`` (default: ``values["architecture"]``, else "E").
 
     ``tokens_per_sample`` / ``val_tokens`` turn the samples slider into token counts (measure them on the corpus,
     e.g. :func:`data_sizes`). A list of sizes (the scaling sweep) shows its largest
@@ -244,6 +259,7 @@ def notebook_controls(
     _check_family(family)
     if budget is None:
         budget = MemoryBudget.probe(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    architecture = architecture or values.get("architecture") or "E"
     initial = {"ctx_dim": int(values["ctx_dim"]), "layers": int(values["layers"])}
     applied: tuple[str, ...] = ("ctx_dim", "layers")
     labels = {}
@@ -259,7 +275,8 @@ def notebook_controls(
         n = current.get("samples", 0)
         return estimate_size(family, current["ctx_dim"], current["layers"], vocab_size=vocab_size, budget=budget,
                              embed_dim=embed_dim, train_tokens=int(round(tokens_per_sample * n)),
-                             val_tokens=val_tokens, phase2=phase2, batch_size=batch_size or 32)
+                             val_tokens=val_tokens, phase2=phase2, batch_size=batch_size or 32,
+                             architecture=architecture)
 
     return size_controls(initial, estimator, applied, labels)
 

@@ -27,8 +27,15 @@ class LayerPlan:
     norm_bias: Optional[torch.Tensor]
     eps: float
 
+    @property
+    def out_dim(self) -> int:
+        return self.w_ctx_t.shape[1]
+
 
 def plan_layers(block: ContextBlock) -> list[LayerPlan]:
+    own = getattr(block, "lean_plans", None)
+    if own is not None:  # a block of another layer kind steps its own layers (models/era_b.py)
+        return own()
     plans = []
     for layer in block.layers:
         weight = layer.linear.weight.detach()
@@ -49,6 +56,8 @@ def plan_layers(block: ContextBlock) -> list[LayerPlan]:
 
 def layer_step(plan: LayerPlan, c: torch.Tensor, token_proj: torch.Tensor) -> torch.Tensor:
     """LN( R(c) + ReLU(W_c c + token_proj) ) for rows c [R, in] (no autograd)."""
+    if not isinstance(plan, LayerPlan):
+        return plan.step(c, token_proj)
     pre = torch.addmm(token_proj, c, plan.w_ctx_t)
     pre.relu_()
     if plan.residual_weight is None:
@@ -90,7 +99,7 @@ def run_rows(
     if steps is None:
         steps = next(p.shape[1] for p in projections if isinstance(p, torch.Tensor) and p.dim() == 3)
     rows = state.shape[0]
-    outputs = {layer: state.new_empty(rows, steps, plans[layer].w_ctx_t.shape[1]) for layer in store}
+    outputs = {layer: state.new_empty(rows, steps, plans[layer].out_dim) for layer in store}
     out_steps = {layer: out.unbind(1) for layer, out in outputs.items()}
     proj_steps = [
         p if isinstance(p, WindowSteps) else (p.unbind(1) if p.dim() == 3 else None) for p in projections

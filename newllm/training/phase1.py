@@ -20,10 +20,14 @@ an iteration, as in the original logs ("1/40"). ``target``: "previous" = the las
 iteration 0's. Convergence: share of tokens whose mean squared change against the previous iteration is below
 ``convergence_threshold``; stop early once it is >= ``min_converged_ratio`` and at least ``min_iterations`` ran.
 
-Deliberate differences from the original: token 0 receives the zero start context in both solvers (the original
-parallel trainer wrapped the stream around and gave it the last token's context); a non-finite loss or gradient
-raises ``FloatingPointError`` instead of being skipped; with several gradient-accumulation chunks the loss and
-gradients equal the unchunked ones (the original computed the dispersion per chunk).
+Defaults that differ from the original, each with a field to restore the original's rule
+(``Phase1Config.original("B" | "C")`` sets them all): token 0 receives the zero start context
+(``first_context="wrap"``: the parallel trainer's wrap-around to the previous iteration's last context;
+``"carry"``: the sequential trainer starting each pass from the previous pass's last context); with several
+gradient-accumulation chunks the loss and gradients equal the unchunked ones (``diversity_scope="chunk"``: the
+dispersion per chunk of ``chunk_size`` tokens, the loss the mean of the chunks' losses); the result contexts are the
+exact recurrence under the final weights (``final_contexts="last"``: the last parallel outputs). A non-finite loss
+or gradient raises ``FloatingPointError`` instead of being skipped (no option).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from newllm.data.corpus import CorpusSplit
 from newllm.data.streams import StreamsInput, TokenStreams, make_streams
 from newllm.evaluation.context_metrics import ContextMetrics, context_metrics, convergence_rate, effective_rank
 from newllm.models.cvfp import ContextBlock, CVFPModel
+from newllm.models.era_b import EraBBlock
 from newllm.recurrence import (
     EmbeddedStreams,
     RecurrenceResult,
@@ -111,6 +116,7 @@ def accumulate_phase1_gradients(
     diversity: str = "dispersion",
     chunk_size: Optional[int] = None,
     token_index: Optional[torch.Tensor] = None,
+    scope: str = "stream",
 ) -> StepStats:
     """Backpropagate the Phase-1 loss of Y = block(incoming, x) into the block's ``.grad`` (accumulating).
 
@@ -125,6 +131,9 @@ def accumulate_phase1_gradients(
     d(-||Y - mean||_F / s)/dy_i = -(y_i - mean) / (s ||Y - mean||_F) (the mean's own dependence cancels because
     the deviations sum to zero). Loss and gradients equal the unchunked ones at the cost of one more no-grad
     forward pass.
+
+    ``scope="chunk"``: the original's rule instead: each chunk of ``chunk_size`` rows is a loss of its own (its
+    CVFP mean and its own dispersion) and the step's loss is their mean over chunks.
     """
     n = incoming.shape[0]
     if n == 0:
@@ -141,7 +150,19 @@ def accumulate_phase1_gradients(
         rows = slice(s, e) if token_index is None else token_index[s:e]
         return block.step(incoming[s:e], [leaf[rows] if leaf.dim() == 2 else leaf for leaf in leaves])[-1]
 
-    if len(bounds) == 1:
+    if scope == "chunk" and len(bounds) > 1:
+        parts, totals = [], torch.zeros(3, dtype=torch.float64)
+        for s, e in bounds:
+            y = forward(s, e)
+            loss_c, cvfp_c, div_c = phase1_loss(y, target[s:e], weight, diversity)
+            parts.append(y.detach())
+            values = [float(v.detach()) for v in (loss_c, cvfp_c, div_c)]
+            totals += torch.tensor(values, dtype=torch.float64) / len(bounds)
+            if torch.isfinite(loss_c):
+                (loss_c / len(bounds)).backward()
+        outputs = torch.cat(parts)
+        loss, cvfp, div = totals.unbind()
+    elif len(bounds) == 1:
         y = forward(0, n)
         loss, cvfp, div = phase1_loss(y, target, weight, diversity)
         outputs = y.detach()
@@ -183,16 +204,17 @@ def prepare_streams(
 
 def exact_contexts(
     block: ContextBlock, streams: EmbeddedStreams, cfg: Phase1Config, initial: Optional[torch.Tensor] = None,
-    backoff: Optional[OOMBackoff] = None,
+    backoff: Optional[OOMBackoff] = None, start: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, RecurrenceResult]:
     """Carried contexts [N, ctx_dim] of the exact recurrence under the block's current weights (no gradients);
-    ``initial`` [N, ctx_dim] is a guess (e.g. the previous iteration's) the parallel methods may start from.
+    ``initial`` [N, ctx_dim] is a guess (e.g. the previous iteration's) the parallel methods may start from;
+    ``start`` [streams, ctx_dim] the context each stream starts from (zeros when None).
     ``backoff`` (see :func:`contexts_backoff`) halves the rows of each batched step on a device OOM."""
     guess = None if initial is None else streams.to_padded(initial)
 
     def run(max_rows: Optional[int]) -> RecurrenceResult:
         return evaluate_contexts(
-            block, streams.token_inputs(block), None, method=cfg.recurrence, tol=cfg.tol, initial=guess,
+            block, streams.token_inputs(block), start, method=cfg.recurrence, tol=cfg.tol, initial=guess,
             lengths=streams.padded_lengths(), all_layers=False, max_rows=max_rows,
         )
 
@@ -205,6 +227,22 @@ def contexts_backoff(device: torch.device) -> OOMBackoff:
     return OOMBackoff(default_max_rows(device.type), PHASE1_OOM_HALVINGS, what="Phase-1 exact recurrence",
                       unit="rows",
                       hint="Use Phase1Config.recurrence='segments' (batched windows) or train on fewer tokens.")
+
+
+def last_contexts(streams: EmbeddedStreams, contexts: torch.Tensor) -> torch.Tensor:
+    """Each stream's last context [streams, ctx_dim] of flat contexts [N, ctx_dim]."""
+    ends = torch.cumsum(torch.tensor(streams.lengths, device=contexts.device), 0) - 1
+    return contexts[ends]
+
+
+def incoming_contexts(streams: EmbeddedStreams, contexts: torch.Tensor,
+                      first: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Incoming contexts: row i gets row i-1 of its own stream; each stream's first token gets ``first``
+    [streams, ctx_dim] (zeros when None)."""
+    incoming = streams.shift(contexts)
+    if first is not None:
+        incoming[streams.streams.starts.to(contexts.device)] = first
+    return incoming
 
 
 def jacobi_sweep(block: ContextBlock, streams: EmbeddedStreams, contexts: torch.Tensor) -> torch.Tensor:
@@ -237,8 +275,10 @@ class Phase1Result:
 
 
 def _check_model(model: CVFPModel) -> list[torch.nn.Parameter]:
-    if not isinstance(getattr(model, "context_block", None), ContextBlock):
-        raise TypeError("train_phase1 needs a CVFPModel (with a .context_block); build one with build_cvfp_model")
+    block = getattr(model, "context_block", None)
+    if not isinstance(block, (ContextBlock, EraBBlock)):
+        raise TypeError("train_phase1 needs a CVFP model (E-architecture or era-B, with a .context_block); build one "
+                        "with build_cvfp_model")
     params = [p for p in model.context_block.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the ContextBlock has no trainable parameters (all requires_grad=False)")
@@ -323,20 +363,23 @@ def train_phase1(
         iteration = 0
         for iteration in range(1, cfg.max_iterations):
             began = time.perf_counter()
+            # token 0's context: zero, or the previous pass's last ("carry", sequential; "wrap", parallel)
+            first = None if cfg.first_context == "zero" else last_contexts(streams, previous)
             if cfg.solver == "sequential":
-                if exact_now:
+                if exact_now and first is None:
                     current = previous
                     method, sweeps = "reused", 0
                 else:
-                    current, info = exact_contexts(block, streams, cfg, initial=previous, backoff=recurrence_backoff)
+                    current, info = exact_contexts(block, streams, cfg, initial=previous, backoff=recurrence_backoff,
+                                                   start=first)
                     method, sweeps = info.method, info.sweeps
-                incoming = streams.shift(current)
+                incoming = incoming_contexts(streams, current, first)
             else:
                 current = previous
                 for _ in range(sweeps_per_step - 1):
                     current = jacobi_sweep(block, streams, current)
                 method, sweeps = "parallel", sweeps_per_step
-                incoming = streams.shift(current)
+                incoming = incoming_contexts(streams, current, first)
                 if cfg.noise_std > 0:
                     incoming = incoming + cfg.noise_std * torch.randn(
                         incoming.shape, generator=generator, device=device, dtype=incoming.dtype
@@ -345,8 +388,9 @@ def train_phase1(
             optimizer.zero_grad(set_to_none=True)
             stats = step_backoff.run(
                 lambda chunk: accumulate_phase1_gradients(
-                    block, incoming, streams.distinct, target, cfg.dist_reg_weight, cfg.diversity, chunk,
-                    streams.token_index,
+                    block, incoming, streams.distinct, target, cfg.dist_reg_weight, cfg.diversity,
+                    cfg.chunk_size if cfg.diversity_scope == "chunk" else chunk, streams.token_index,
+                    cfg.diversity_scope,
                 ),
                 cleanup=lambda: optimizer.zero_grad(set_to_none=True),
             )
