@@ -154,3 +154,15 @@ def test_a_bad_parameter_stops_at_the_cell_after_the_parameters(tmp_path, parame
     next_code = next(i for i, c in enumerate(executed.cells) if i > injected and c.cell_type == "code")
     assert failed == [next_code] and "notebook_values" in executed.cells[next_code].source
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("name, parameters", [
+    ("parallel_tuning", {"preset": "seed000", "iterations": [2, 3], "weights": [0.5, 0.9]}),
+    ("optimize_dist_reg_weight", {"preset": "seed004", "n_trials": 2, "phase2_epochs": 1}),
+], ids=["seed000", "seed004"])
+def test_the_seed_presets_run_headless_trimmed(tmp_path, name, parameters):
+    # the seeds' own experiments (era-B / the original's Phase-1 rules), with fewer grid points or trials than the
+    # committed runs (results/README.md) so CI stays short; the notebooks' own checks must pass
+    executed = _execute(tmp_path, name, {**parameters, "results_dir": str(tmp_path / "results")})
+    text = "\n".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "differs from" in text.lower() or "deviation" in text.lower()
