@@ -496,3 +496,22 @@ def test_study_config_round_trip_and_storage_kinds(tmp_path):
     assert StudyConfig(storage="postgresql://u@h/db", workers=4).storage_kind == "rdb"
     assert StudyConfig(storage="/shared/study.log", workers=4).journal_path == Path("/shared/study.log")
     assert config.grace_seconds == 4 * config.heartbeat_interval
+
+
+def test_a_journal_with_a_partial_last_line_is_repaired_and_resumes(tmp_path):
+    calls = []
+
+    def counting(params, report):
+        calls.append(params["dist_reg_weight"])
+        return synthetic(params, report)
+
+    config = StudyConfig(n_trials=3, results_dir=str(tmp_path))
+    run_study(counting, config, progress=False)
+    before = snapshot(load(config))
+    with open(config.journal_path, "ab") as handle:  # a writer killed mid-record (disk full, NFS)
+        handle.write(b'{"op_code": 5, "worker_id": "x", "trial_id": 3, "param_na')
+    with pytest.warns(RuntimeWarning, match="last record was incomplete"):
+        result = run_study(counting, StudyConfig(n_trials=4, results_dir=str(tmp_path)), progress=False)
+    assert result.n_complete + result.n_pruned == 4 and len(calls) == 4  # the 3 trials kept, one more run
+    assert all(snapshot(load(config))[n] == before[n] for n in before)
+    assert config.journal_path.with_name(config.journal_path.name + ".damaged").read_bytes().startswith(b'{"op_code"')

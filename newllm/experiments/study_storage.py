@@ -20,11 +20,13 @@ Dead trials
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -60,8 +62,42 @@ def open_storage(config: StudyConfig) -> BaseStorage:
         return RDBStorage(config.storage)
     path = config.journal_path
     path.parent.mkdir(parents=True, exist_ok=True)
+    repair_journal(path)
     # Default lock: a symlink, atomic on NFS too; a lock left by a killed process expires after 30 s.
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _is_json(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
+def repair_journal(path: Path) -> Optional[str]:
+    """Cut a journal file back to its last complete record when its last line was left partial (disk full, a
+    killed writer on NFS): otherwise Optuna's reader fails on it with JSONDecodeError and every trial is out of
+    reach. The cut bytes are kept in ``<journal>.damaged``; what was done is warned and returned."""
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    end = len(data)
+    while end > 0:  # drop incomplete records from the end (a complete one is a JSON object and a newline)
+        start = data.rfind(b"\n", 0, end - 1) + 1
+        if data[end - 1:end] == b"\n" and _is_json(data[start:end]):
+            break
+        end = start
+    if end == len(data):
+        return None
+    damaged = path.with_name(path.name + ".damaged")
+    damaged.write_bytes(data[end:])
+    with open(path, "r+b") as handle:
+        handle.truncate(end)
+    message = (f"{path}: its last record was incomplete ({len(data) - end} bytes, kept in {damaged.name}); the "
+               "journal was cut back to its last complete record and the study continues from there")
+    warnings.warn(message, RuntimeWarning, stacklevel=2)
+    return message
 
 
 def open_study(config: StudyConfig, storage: BaseStorage) -> optuna.Study:
