@@ -101,6 +101,7 @@ def summarise(
         "parameters": params,
         "embedding": embedding.kind,
         "phase1_iterations": p1.iterations,
+        "phase1_converged": p1.converged,  # False: stopped at the iteration cap (warned when it happened)
         "phase1_converged_ratio": float(last.get("converged_ratio", float("nan"))),
         "train_er_pct": p1.train_metrics.er_pct,
         "val_er_pct": p1.val_metrics.er_pct if p1.val_metrics is not None else float("nan"),

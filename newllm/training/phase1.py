@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
@@ -57,6 +58,10 @@ from newllm.recurrence import (
 from newllm.training.common import OOMBackoff, step_optimizer
 
 RANDOM_FIRST_PASS_STD = 0.01
+
+
+class Phase1ConvergenceWarning(UserWarning):
+    """Phase 1 ended at its iteration cap before the convergence target."""
 PHASE1_OOM_HALVINGS = 6  # rows of the recurrence / tokens per chunk can fall to 1/64 before Phase 1 gives up
 FORGETTING_PROBE_TOKENS = 256  # tokens of the first training stream the forgetting length is measured on
 
@@ -413,6 +418,14 @@ def train_phase1(
                 break
     finally:
         bar.close()
+    if not converged:
+        last_ratio = rows[-1].get("converged_ratio", float("nan"))
+        warnings.warn(
+            f"Phase 1 stopped at its cap of {cfg.max_iterations} iterations unconverged: {last_ratio:.1%} of tokens "
+            f"converged, the target is {cfg.min_converged_ratio:.0%}. Its contexts are not a fixed point: raise "
+            "Phase1Config.max_iterations, or read the results as those of an unconverged Phase 1.",
+            Phase1ConvergenceWarning, stacklevel=2,
+        )
 
     if cfg.final_contexts == "exact":
         contexts, _ = exact_contexts(block, streams, cfg, initial=previous, backoff=recurrence_backoff)
