@@ -44,13 +44,13 @@ from newllm.training.common import (
     autocast,
     autocast_dtype,
     clip_and_step,
-    epoch_order,
     grad_scaler,
     lr_factor,
     lr_scheduler,
     tf32_matmuls,
 )
 from newllm.training.context_cache import ContextCache, build_context_cache
+from newllm.training.context_stream import StreamedContexts, epoch_batches, streamed_contexts
 from newllm.training.phase2_checkpoint import Bundle, frozen_fingerprint, initial_state, resumed_state, save
 from newllm.training.planner import (
     MemoryBudget,
@@ -199,7 +199,7 @@ def train_phase2(
         raise ValueError("resume=True needs checkpoint_path")
 
     flags = {id(p): p.requires_grad for p in model.parameters()}
-    caches: dict[str, ContextCache] = {}
+    caches: dict[str, Union[ContextCache, StreamedContexts]] = {}
     try:
         trainable_ids = {id(p) for p in phase2_trainable_parameters(model)}
         for param in model.parameters():
@@ -226,6 +226,10 @@ def train_phase2(
 
         model.context_block.eval()
         for name, token_streams in (("train", train_streams), ("val", val_streams)):
+            if plan.placement == "stream":
+                caches[name] = streamed_contexts(model, token_streams, cfg.stream_window, cfg.stream_burn_in,
+                                                 cfg.cache_build_tol, plan.build_batch_tokens, device, name)
+                continue
             caches[name] = build_context_cache(
                 model, token_streams, dtype=plan.cache_dtype, placement=plan.placement, device=device,
                 cache_dir=cfg.cache_dir, method=cfg.cache_build_method, tol=cfg.cache_build_tol,
@@ -315,10 +319,9 @@ class _Loop:
         state, cfg = self.state, self.cfg
         if state["finished"]:
             return
-        n_train = len(self.caches["train"])
         while state["epoch"] < cfg.epochs:
             epoch = state["epoch"]
-            batches = epoch_order(n_train, cfg.seed, epoch, cfg.shuffle).split(state["batch_size"])
+            batches = epoch_batches(self.caches["train"], cfg.seed, epoch, cfg.shuffle, state["batch_size"])
             sums = state["sums"]
             bar = tqdm(total=len(batches), initial=state["step_in_epoch"], desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        unit="step", disable=not self.progress, leave=False)
