@@ -8,7 +8,10 @@ How: each stream is cut into windows of ``window`` tokens, aligned to the stream
 computed from a zero context ``2 * burn_in`` tokens before it (or from the stream start, which is exact), and the
 burn-in is checked the way the recurrence's segments check their joins: the state reached from ``burn_in`` tokens
 before must agree with it within ``tol`` (max-abs); where it does not, the burn-in doubles until they agree or it
-reaches the stream start. A map that does not forget its start therefore costs more, never exactness.
+reaches the stream start or ``max_burn_in`` (then the window keeps its longest burn-in's state and is counted in
+``stats["unsettled"]``, with the largest disagreement in ``stats["max_start_gap"]``). A map that forgets slowly
+costs more; one that forgets more slowly than ``max_burn_in`` is approximated, and the info says by how much:
+for such a map the cache is the exact tier.
 
 Training shuffles at the level of windows (:meth:`StreamedContexts.epoch_batches`); windows are computed in
 blocks of ``block_tokens`` tokens along the epoch's order (one batched token loop over all of a block's windows,
@@ -24,12 +27,14 @@ import torch
 
 from newllm.data.streams import TokenStreams, valid_mask
 from newllm.recurrence import token_inputs
+from newllm.recurrence.inputs import TokenInputs
 from newllm.recurrence.step import plan_layers, run_rows
 from newllm.training.common import epoch_order
 
 DEFAULT_WINDOW = 128
 DEFAULT_STREAM_BURN_IN = 16
 DEFAULT_BLOCK_TOKENS = 16384
+DEFAULT_MAX_BURN_IN = 512
 
 
 def stream_cost(window: int, burn_in: int) -> float:
@@ -69,6 +74,7 @@ class StreamedContexts:
         block_tokens: int = DEFAULT_BLOCK_TOKENS,
         device: Union[str, torch.device, None] = None,
         name: str = "contexts",
+        max_burn_in: int = DEFAULT_MAX_BURN_IN,
     ):
         if window < 1 or burn_in < 0 or block_tokens < 1 or not tol > 0:
             raise ValueError(f"streamed contexts need window >= 1, burn_in >= 0, block_tokens >= 1 and tol > 0; got "
@@ -76,6 +82,7 @@ class StreamedContexts:
         model.check_ids(streams.inputs)
         self.model, self.streams, self.name = model, streams, name
         self.window, self.burn_in, self.tol = int(window), int(burn_in), float(tol)
+        self.max_burn_in = max(int(max_burn_in), 2 * self.burn_in)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.dims = list(model.context_block.dims)
         self.dtype = "float32"
@@ -91,7 +98,7 @@ class StreamedContexts:
         self._order = torch.arange(self.n_windows)
         self._rank = torch.arange(self.n_windows)  # window -> its place in the order
         self._blocks: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
-        self.stats = {"blocks": 0, "windows": 0, "burn_in_extended": 0, "max_start_gap": 0.0}
+        self.stats = {"blocks": 0, "windows": 0, "burn_in_extended": 0, "unsettled": 0, "max_start_gap": 0.0}
 
     # ---- sizes and bookkeeping (as ContextCache)
     def __len__(self) -> int:
@@ -162,21 +169,24 @@ class StreamedContexts:
 
     # ---- computing
     @torch.no_grad()
-    def _inputs(self, begins: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def _run(self, begins: torch.Tensor, lengths: torch.Tensor, state: torch.Tensor, store) -> dict:
+        """Token loops over rows starting at ``begins`` for ``lengths`` tokens (padded), from ``state``."""
         steps = int(lengths.max())
         pos = begins[:, None] + torch.arange(steps)[None, :]
-        valid = valid_mask(lengths, steps)
         windows = self.streams.windows(pos.clamp(max=self.streams.n_tokens - 1).reshape(-1),
-                                       self.model.cfg.num_input_tokens).reshape(len(begins), steps, -1)
-        windows = torch.where(valid[..., None], windows, torch.full_like(windows, -1))
+                                       self.model.cfg.num_input_tokens)
+        windows[~valid_mask(lengths, steps).reshape(-1)] = -1
+        # each distinct input is embedded and projected once (a block repeats few distinct token windows)
+        key = torch.zeros(windows.shape[0], dtype=torch.int64)
+        for column in windows.unbind(1):  # one integer per window of ids (ids >= -1)
+            key = key * (self.model.cfg.vocab_size + 1) + column + 1
+        keys, index = torch.unique(key, return_inverse=True)
+        distinct = windows.new_empty(keys.shape[0], windows.shape[1])
+        distinct[index] = windows
         weight_dtype = self.model.context_block.layers[0].linear.weight.dtype
-        return token_inputs(self.model, windows.to(self.device)).to(weight_dtype)
-
-    @torch.no_grad()
-    def _run(self, begins: torch.Tensor, lengths: torch.Tensor, state: torch.Tensor, store) -> dict:
-        block = self.model.context_block
-        x = self._inputs(begins, lengths)
-        outputs, _ = run_rows(plan_layers(block), block.token_projections(x), state, store)
+        rows = token_inputs(self.model, distinct.to(self.device)).to(weight_dtype)
+        inputs = TokenInputs(self.model.context_block, rows, index.reshape(len(begins), steps).to(self.device))
+        outputs, _ = run_rows(plan_layers(self.model.context_block), inputs.span(), state, store)
         return outputs
 
     @torch.no_grad()
@@ -206,9 +216,11 @@ class StreamedContexts:
                 at[n:][lengths[n:].to(self.device) == 0] = 0.0  # short burn-in of length 0: the zero start
                 states[todo[run].to(self.device)] = at[:n]
                 gap = (at[:n] - at[n:]).abs().amax(dim=-1).cpu()
-                checked = exact[run] | (gap <= self.tol)
-                if bool((~exact[run]).any()):
-                    self.stats["max_start_gap"] = max(self.stats["max_start_gap"], float(gap[~exact[run]].max()))
+                checked = exact[run] | (gap <= self.tol) | (2 * burn >= self.max_burn_in)
+                self.stats["unsettled"] += int((~exact[run] & (gap > self.tol) & (2 * burn >= self.max_burn_in)).sum())
+                accepted = checked & ~exact[run]  # the residual of every state kept (exact ones have none)
+                if bool(accepted.any()):
+                    self.stats["max_start_gap"] = max(self.stats["max_start_gap"], float(gap[accepted].max()))
                 unsettled = todo[run][~checked]
             self.stats["burn_in_extended"] += int(unsettled.numel())
             todo, burn = unsettled, 2 * burn
