@@ -1,4 +1,5 @@
-"""Phase 2's streaming tier: contexts recomputed per batch equal the cached ones; training learns and resumes."""
+"""Phase 2's streaming tier: contexts recomputed per batch equal the cached ones; training learns and resumes.
+And the compiled step (Phase2Config.compile) trains like the eager one."""
 
 import pytest
 import torch
@@ -10,7 +11,8 @@ from newllm.models.cvfp import CVFPModel
 from newllm.recurrence import evaluate_contexts, forgetting_tokens, token_inputs
 from newllm.training.context_cache import build_context_cache
 from newllm.training.context_stream import StreamedContexts
-from newllm.training.phase2 import train_phase2
+from newllm.training.common import compiled
+from newllm.training.phase2 import Phase2Step, train_phase2
 from newllm.training.planner import MemoryBudget, Phase2Workload, phase2_trainable_parameters, plan_phase2
 
 VOCAB = 200
@@ -164,3 +166,29 @@ def test_streamed_run_resumes_exactly(tmp_path, stop_at):
     assert resumed.history[METRICS].values == pytest.approx(unbroken.history[METRICS].values, abs=1e-6)
     for key, value in unbroken_model.state_dict().items():
         assert torch.allclose(resumed_model.state_dict()[key], value, atol=1e-6), key
+
+
+# ------------------------------------------------------------------------------------------- torch.compile
+
+def test_compiled_is_the_module_itself_when_off():
+    step = Phase2Step(forgetting_model())
+    assert compiled(step, False) is step
+
+
+def test_a_compiled_phase2_step_trains_like_the_eager_one():
+    pytest.importorskip("torch._inductor")
+    train, val = learnable(n_train=256, n_val=64)
+    budget = MemoryBudget.simulated(None, host_gib=8, disk_gib=8)
+    results = []
+    for compile_step in (False, True):
+        cfg = Phase2Config(epochs=1, batch_size=64, micro_batch_size=64, ce_chunk_tokens=64, seed=7,
+                           context_source="cache", cache_build_method="loop", compile=compile_step)
+        try:
+            results.append(train_phase2(forgetting_model(), train, val, cfg, progress=False, budget=budget))
+        except Exception as error:  # no C++ compiler for inductor on this machine
+            if compile_step and "compil" in str(error).lower():
+                pytest.skip(f"torch.compile is not usable here: {error}")
+            raise
+    eager, compiled_run = results
+    assert compiled_run.history["train_loss"].values == pytest.approx(eager.history["train_loss"].values, abs=1e-5)
+    assert compiled_run.val.loss == pytest.approx(eager.val.loss, abs=1e-5)
