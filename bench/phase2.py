@@ -1,14 +1,20 @@
 """Phase-2 benchmark: context-cache build, training and evaluation throughput, memory, on WikiText-2 with GPT-2 ids.
 
     python bench/phase2.py --out results/.scratch/phase2.json                      # 20k tokens, 6 layers, 768
-    python bench/phase2.py --scale --out results/.scratch/phase2_scale.json        # >= 500k tokens end to end
+    python bench/phase2.py --train-tokens 500000 --max-steps 20 --baseline-steps 0 --out ...   # 500k, 6 x 768
+    python bench/phase2.py --scale --out results/bench/phase2_scale.json           # cost growth (see below)
 
 Defaults: the first 20,000 GPT-2 tokens of <repo>/../shared/data/wikitext-2/train.txt (validation: 10% as many
 from valid.txt), the GPT-2 tokenizer from ../shared/data/gpt2-tokenizer, a 6-layer, 768-dim CVFP model with
 RANDOM embeddings (GPT-2's weights are not available offline; speed and memory do not depend on the values),
-1 epoch, the memory planner's choices. ``--scale``: 500,000 training + 50,000 validation tokens, cache placement as
-planned, training capped at ``--max-steps`` (default 20) while the cache covers every token and the evaluation runs
-over the whole validation set.
+1 epoch, the memory planner's choices.
+
+``--scale``: cost growth with the corpus. For each training size (``--sizes``, default 0.1M, 0.5M, 2M, 5M tokens of
+the built-in corpus, word tokens) and each tier (the RAM cache in float32, the disk memmap in float16, the streaming
+tier) one fresh process (so its peak RSS is its own) trains a small CVFP model (``--dim``, ``--layers``; default
+64 x 2) for ``--max-steps`` steps and evaluates a fixed validation set. Writes the JSON (every point and setting),
+``results/phase2_cost_growth.md`` (the table) and ``results/phase2_cost_growth.png`` (the plot), and checks the
+targets: streaming peak RSS within 10 % between 0.5M and 5M, streaming tokens/s within 15 % of the RAM cache at 0.5M.
 
 It also times this kit's training step against an "original-style" step (full fp32 logits with
 F.cross_entropy, the default per-parameter Adam), alternating them step by step on the same random batches, so the
@@ -153,6 +159,13 @@ def token_input_costs(model: CVFPModel, batch: int, reps: int = 5) -> dict:
 
 
 def main(argv=None) -> dict:
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--scale" in argv or "--scale-point" in argv:
+        sys.path.insert(0, str(REPO / "bench"))
+        from phase2_scale import main as scale_main  # the cost-growth sweep
+
+        return scale_main(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--train-tokens", type=int, default=None)
     parser.add_argument("--val-tokens", type=int, default=None, help="default: train tokens / 10")
@@ -171,13 +184,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--data", type=Path, default=SHARED / "wikitext-2")
     parser.add_argument("--tokenizer", type=Path, default=SHARED / "gpt2-tokenizer")
     parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--scale", action="store_true", help="500k training tokens end to end (see the docstring)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    if args.scale:
-        args.train_tokens = max(args.train_tokens or 0, 500_000)
-        args.max_steps = args.max_steps or 20
-        args.baseline_steps = 0 if args.baseline_steps is None else args.baseline_steps
     train_tokens = args.train_tokens or 20_000
     val_tokens = args.val_tokens or max(1_000, train_tokens // 10)
     baseline_steps = 5 if args.baseline_steps is None else args.baseline_steps

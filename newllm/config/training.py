@@ -131,11 +131,25 @@ class Phase2Config(ConfigBase):
     cache_build_tol: float = 1e-5  # the recurrence's max-abs tolerance (sweeps, segment joins)
     cache_burn_in: Optional[int] = None  # "segments" burn-in tokens; None: the recurrence module's default
     cache_segment_tokens: Optional[int] = None  # "segments" window length; None: chosen by the recurrence module
+    context_source: str = "auto"  # "cache": a context cache; "stream": recomputed per batch (flat memory); "auto"
+    stream_window: Optional[int] = None  # streaming: kept tokens per window (the unit of shuffling); None: 128
+    stream_burn_in: Optional[int] = None  # streaming: checked burn-in tokens (doubled until settled); None: 16
+    stream_block_tokens: Optional[int] = None  # streaming: tokens of windows computed together; None: 16,384
+    compile: bool = False  # torch.compile the TokenBlock + head step (the loss of one micro-batch)
 
     def __post_init__(self) -> None:
         self._positive_float("lr")
         self._positive_float("grad_clip")
         self._positive_int("epochs")
+        self._choice("context_source", ("auto", "cache", "stream"))
+        self._optional_positive_int("stream_window")
+        self._optional_positive_int("stream_burn_in", 0)
+        self._optional_positive_int("stream_block_tokens")
+        self._require("compile", isinstance(self.compile, bool), "True or False")
+        self._require(
+            "cache_placement", self.context_source != "stream" or self.cache_placement == "auto",
+            "'auto' with context_source='stream' (streamed contexts are not placed anywhere)",
+        )
         self._positive_int("patience")
         self._optional_positive_int("batch_size")
         self._optional_positive_int("micro_batch_size")

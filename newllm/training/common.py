@@ -131,18 +131,24 @@ def accumulate_gradients(
     index: torch.Tensor,
     part_loss: Callable[[torch.Tensor, int], tuple[torch.Tensor, T]],
     scaler: Optional[torch.amp.GradScaler] = None,
+    no_sync: Optional[Callable[[], object]] = None,
 ) -> list[T]:
     """Gradients of one optimizer step over the items ``index``, in micro-batches of ``backoff.size`` items.
 
     ``part_loss(part, size)`` returns (the part's loss, already scaled to its share of the step, and what the
     caller wants back). On OOM the gradients are zeroed and the whole step is redone with half the micro-batch,
-    so a step never counts a part twice. Returns the parts' results.
+    so a step never counts a part twice. Returns the parts' results. ``no_sync``: DistributedDataParallel's
+    ``no_sync``; every part but the last runs under it, so each rank all-reduces once per step whatever its
+    number of parts.
     """
     def run(size: int) -> list[T]:
         results = []
-        for part in index.split(size):
-            loss, result = part_loss(part, size)
-            (scaler.scale(loss) if scaler is not None else loss).backward()
+        parts = index.split(size)
+        for number, part in enumerate(parts):
+            quiet = no_sync is not None and number < len(parts) - 1
+            with no_sync() if quiet else nullcontext():
+                loss, result = part_loss(part, size)
+                (scaler.scale(loss) if scaler is not None else loss).backward()
             results.append(result)
         return results
 
@@ -246,3 +252,44 @@ class EarlyStopping:
 
     def state(self) -> dict:
         return {"best": self.best, "wait": self.wait}
+
+
+# ------------------------------------------------------------------------------------------ data parallel
+
+def distributed_rank_world() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed group, (0, 1) when none is initialised."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device_type: Optional[str] = None) -> tuple[int, int]:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR ... in the environment): NCCL on
+    CUDA, gloo on CPU. Each rank uses CUDA device LOCAL_RANK. Without torchrun's variables nothing happens.
+    Returns (rank, world size)."""
+    import os
+
+    if "WORLD_SIZE" not in os.environ or torch.distributed.is_initialized():
+        return distributed_rank_world()
+    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    torch.distributed.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return distributed_rank_world()
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """Sum ``values`` over the ranks (the values themselves on a single process)."""
+    rank, world = distributed_rank_world()
+    if world == 1:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if torch.distributed.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    torch.distributed.all_reduce(tensor)
+    return tensor.cpu().tolist()
+
+
+def compiled(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """``torch.compile(module)`` when enabled (the step's module, never a Python token loop)."""
+    return torch.compile(module) if enabled else module

@@ -41,16 +41,19 @@ from newllm.training.common import (
     EarlyStopping,
     OOMBackoff,
     accumulate_gradients,
+    all_reduce_sum,
+    compiled,
+    distributed_rank_world,
     autocast,
     autocast_dtype,
     clip_and_step,
-    epoch_order,
     grad_scaler,
     lr_factor,
     lr_scheduler,
     tf32_matmuls,
 )
 from newllm.training.context_cache import ContextCache, build_context_cache
+from newllm.training.context_stream import StreamedContexts, epoch_batches, streamed_contexts
 from newllm.training.phase2_checkpoint import Bundle, frozen_fingerprint, initial_state, resumed_state, save
 from newllm.training.planner import (
     MemoryBudget,
@@ -109,6 +112,30 @@ def token_loss(
     with autocast(x.device, amp_dtype):
         h = model.token_block(contexts, x)
     return linear_cross_entropy(h, model.head.weight, model.head.bias, targets, ce_chunk_tokens, amp_dtype, scale)
+
+
+class Phase2Step(nn.Module):
+    """One micro-batch's scaled loss as a module, so DistributedDataParallel (its gradient all-reduce) and
+    torch.compile wrap exactly the step: token inputs from the ids, TokenBlock, chunked cross-entropy."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, contexts, windows, targets, ce_chunk_tokens: int, amp_dtype, scale: float):
+        with torch.set_grad_enabled(not self.model.cfg.freeze_embedding):
+            x = token_inputs(self.model, windows)
+        return token_loss(self.model, contexts, x, targets, ce_chunk_tokens, amp_dtype, scale)
+
+
+def step_module(model, compile_step: bool = False) -> nn.Module:
+    """The Phase-2 step module: wrapped in DistributedDataParallel under torchrun, compiled on request."""
+    step = Phase2Step(model)
+    _, world = distributed_rank_world()
+    if world > 1:
+        device = next(model.parameters()).device
+        step = nn.parallel.DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
+    return compiled(step, compile_step)
 
 
 @torch.no_grad()
@@ -190,6 +217,8 @@ def train_phase2(
     returned as it ended, with its best weights loaded); only RESUMABLE_FIELDS of the config may differ.
     """
     device = next(model.parameters()).device
+    rank, world = distributed_rank_world()
+    progress = progress and rank == 0
     train_streams = make_streams(train_ids, streams)
     val_streams = make_streams(val_ids, streams)
     fingerprints = {"streams": streams, "train": train_streams.fingerprint(), "val": val_streams.fingerprint(),
@@ -199,7 +228,7 @@ def train_phase2(
         raise ValueError("resume=True needs checkpoint_path")
 
     flags = {id(p): p.requires_grad for p in model.parameters()}
-    caches: dict[str, ContextCache] = {}
+    caches: dict[str, Union[ContextCache, StreamedContexts]] = {}
     try:
         trainable_ids = {id(p) for p in phase2_trainable_parameters(model)}
         for param in model.parameters():
@@ -226,6 +255,10 @@ def train_phase2(
 
         model.context_block.eval()
         for name, token_streams in (("train", train_streams), ("val", val_streams)):
+            if plan.placement == "stream":
+                caches[name] = streamed_contexts(model, token_streams, cfg.stream_window, cfg.stream_burn_in,
+                                                 cfg.cache_build_tol, plan.build_batch_tokens, device, name)
+                continue
             caches[name] = build_context_cache(
                 model, token_streams, dtype=plan.cache_dtype, placement=plan.placement, device=device,
                 cache_dir=cfg.cache_dir, method=cfg.cache_build_method, tol=cfg.cache_build_tol,
@@ -239,7 +272,7 @@ def train_phase2(
         if state["best_epoch"]:
             bundle.restore_best()
         state["finished"] = True
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and rank == 0:
             save(checkpoint_path, bundle, optimizer, scaler, state)
         best = state["best_eval"]
         val = LMEval(**best) if best else evaluate(model, caches["val"], tokenizer_name, val_bytes,
@@ -273,6 +306,8 @@ class _Loop:
         total = cfg.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
         self.scheduler = lr_scheduler(optimizer, cfg.lr, self._lr_factor, start_step=state["global_step"])
+        self.rank, self.world = distributed_rank_world()
+        self.step_module = step_module(model, cfg.compile)
 
     def _lr_factor(self, step: int) -> float:
         return lr_factor(step, self.cfg.schedule, self.total_steps)
@@ -282,26 +317,39 @@ class _Loop:
         return self.cfg.lr * self._lr_factor(self.state["global_step"] - 1)
 
     # ---- one optimizer step, redone with a halved micro-batch on OOM
-    def _part_loss(self, index: torch.Tensor, part: torch.Tensor, size: int) -> tuple[torch.Tensor, tuple]:
+    def _part_loss(self, total: int, part: torch.Tensor, size: int) -> tuple[torch.Tensor, tuple]:
         if self.before_forward is not None:
             self.before_forward(int(part.numel()))
-        # the loss comes out already divided by the step's tokens, so backward needs no extra pass
-        loss, hits = token_loss(self.model, *batch_inputs(self.model, self.caches["train"], part),
-                                min(self.plan.ce_chunk_tokens, size), self.amp_dtype, scale=1.0 / index.numel())
-        return loss, (float(loss.detach()) * index.numel(), int(hits))
+        source = self.caches["train"]
+        device = next(self.model.parameters()).device
+        empty = part.numel() == 0  # a rank without tokens in a short last batch still joins the all-reduce
+        read = torch.zeros(1, dtype=torch.int64) if empty else part  # token 0, weighted 0
+        windows = source.streams.windows(read, self.model.cfg.num_input_tokens).to(device)
+        # the loss comes out already divided by the step's tokens (times the ranks: the all-reduce averages),
+        # so backward needs no extra pass
+        loss, hits = self.step_module(source.contexts(read, torch.float32), windows,
+                                      source.streams.targets[read].to(device), min(self.plan.ce_chunk_tokens, size),
+                                      self.amp_dtype, 0.0 if empty else self.world / total)
+        return loss, (0.0 if empty else float(loss.detach()) * total / self.world, 0 if empty else int(hits))
 
     def _step(self, index: torch.Tensor) -> tuple[float, int]:
-        parts = accumulate_gradients(self.micro, self.optimizer, index,
-                                     lambda part, size: self._part_loss(index, part, size), self.scaler)
+        local = index.tensor_split(self.world)[self.rank] if self.world > 1 else index
+        no_sync = getattr(self.step_module, "no_sync", None)
+        parts = accumulate_gradients(self.micro, self.optimizer, local,
+                                     lambda part, size: self._part_loss(index.numel(), part, size), self.scaler,
+                                     no_sync)
         clip_and_step(self.optimizer, self.cfg.grad_clip, self.scaler)
         self.scheduler.step()
         loss, correct = 0.0, 0
         for part_loss, part_correct in parts:
             loss, correct = loss + part_loss, correct + part_correct
+        if self.world > 1:
+            loss, correct = all_reduce_sum([loss, correct])
+            correct = int(correct)
         return loss, correct
 
     def _checkpoint(self) -> None:
-        if self.checkpoint_path is not None:
+        if self.checkpoint_path is not None and self.rank == 0:
             self.state["micro_batch_size"] = self.micro.size
             self.state["oom_halvings"] = self.micro.halvings
             save(self.checkpoint_path, self.bundle, self.optimizer, self.scaler, self.state)
@@ -315,10 +363,9 @@ class _Loop:
         state, cfg = self.state, self.cfg
         if state["finished"]:
             return
-        n_train = len(self.caches["train"])
         while state["epoch"] < cfg.epochs:
             epoch = state["epoch"]
-            batches = epoch_order(n_train, cfg.seed, epoch, cfg.shuffle).split(state["batch_size"])
+            batches = epoch_batches(self.caches["train"], cfg.seed, epoch, cfg.shuffle, state["batch_size"])
             sums = state["sums"]
             bar = tqdm(total=len(batches), initial=state["step_in_epoch"], desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        unit="step", disable=not self.progress, leave=False)

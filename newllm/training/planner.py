@@ -1,9 +1,7 @@
 """Phase-2 memory planning: estimate every buffer BEFORE anything is built, then choose placement, dtype and batch.
 
-The original (seed-spec 5.4) sized its cache and batch after the fact and died at 500 samples: an fp32 [L, N, 768]
-context cache plus fp32 token embeddings resident on a 22.2 GiB GPU, then a batch of 8,864 tokens whose logits
-alone needed 1.66 GiB. Here the planner adds up, per place (device, host, disk) and per phase (cache build,
-training):
+The original (seed-spec 5.4) sized its cache and batch after the fact and ran out of memory. Here the planner adds
+up, per place (device, host, disk) and per phase (cache build, training):
 
 - model weights (all, fp32); gradients and Adam moments of the Phase-2 trainable parameters; a host copy of the
   best weights (restored at the end);
@@ -11,16 +9,13 @@ training):
   ids (the token inputs x are recomputed from ids with the frozen embedding, never cached);
 - activations of one micro-batch (the TokenBlock's saved tensors, its backward and the gathered cache rows);
 - the output layer: one chunk of fp32 logits (chunked cross-entropy) plus the head's gradient buffer;
-- the cache build's workspace (one batch of stream segments through the recurrence).
+- the cache build's workspace (one batch of stream segments through the recurrence);
+- or, when the contexts are streamed instead of cached (``context_source``: "stream", or "auto" when no cache
+  placement fits), two blocks of windows' contexts and their workspace, with the recomputation's cost printed.
 
 It reads the free memory (``MemoryBudget.probe``: torch.cuda.mem_get_info, /proc/meminfo MemAvailable, free disk)
 and keeps every place under ``memory_safety`` x free. Every choice can be forced through Phase2Config fields;
 ``MemoryBudget`` is a plain dataclass so tests can simulate any machine.
-
-The seed-003 500-sample case (529,173 train + 58,797 val tokens, 6 layers, 768, V = 50,257) on a simulated
-22.2 GiB GPU (tests/test_memory.py): planned peak 7.59 GiB (float16 cache on the GPU, 4,096-token micro-batch,
-2,670-token CE chunk), against 13.28 GiB by the original's own rule (``original_required_bytes``) and the
-21.4 GiB it had in use when it died: 35% of the original's peak.
 
 The gated LM's closed-form training estimate (``gated_training_bytes``) is here too: the notebook's size controls
 show it and the gated trainer sizes its batch by it (``gated_batch_size``).
@@ -44,6 +39,7 @@ from newllm.config.training import Phase2Config
 from newllm.evaluation.context_metrics import context_metrics_bytes
 from newllm.models.common import parameter_count
 from newllm.models.cvfp import CVFPModel
+from newllm.training.context_stream import DEFAULT_BLOCK_TOKENS, stream_costs
 
 GiB = 2**30
 MiB = 2**20
@@ -230,6 +226,7 @@ class Phase2Plan:
     items: tuple[MemoryItem, ...]
     limits: dict = field(default_factory=dict)  # place -> bytes the plan may use (safety x free)
     reasons: tuple[str, ...] = ()
+    stream: dict = field(default_factory=dict)  # streaming only: window, burn_in, block_tokens and the cost
 
     def peak(self, where: str) -> int:
         """Planned peak bytes at a place: the larger of the build phase and the training phase."""
@@ -271,14 +268,24 @@ class Phase2Plan:
             "eval_batch_size": self.eval_batch_size, "ce_chunk_tokens": self.ce_chunk_tokens,
             "build_batch_tokens": self.build_batch_tokens, "device_peak_bytes": self.device_peak,
             "host_peak_bytes": self.host_peak, "disk_bytes": self.disk_bytes, "reasons": list(self.reasons),
+            "stream": dict(self.stream),
         }
 
     def __str__(self) -> str:
-        head = (f"Phase-2 plan: cache on {self.placement} as {self.cache_dtype}; batch {self.batch_size:,} tokens "
+        where = ("contexts streamed (no cache)" if self.placement == "stream"
+                 else f"cache on {self.placement} as {self.cache_dtype}")
+        head = (f"Phase-2 plan: {where}; batch {self.batch_size:,} tokens "
                 f"(micro-batch {self.micro_batch_size:,}, eval {self.eval_batch_size:,}, CE chunk "
                 f"{self.ce_chunk_tokens:,})")
         table = self.table().to_string(index=False, float_format=lambda v: f"{v:8.3f}")
-        return "\n".join([head, table, *self.reasons])
+        cost = []
+        if self.stream:
+            st = self.stream
+            cost = [f"streaming cost: windows of {st['window']:,} tokens, burn-in {st['burn_in']} checked against "
+                    f"{2 * st['burn_in']}: {st['steps_per_token']:.2f} ContextBlock steps per token = "
+                    f"{st['context_mflop_per_token']:.2f} MFLOP against {st['step_mflop_per_token']:.2f} MFLOP of a "
+                    f"training step ({100 * st['overhead']:.1f} % more compute), every epoch"]
+        return "\n".join([head, table, *self.reasons, *cost])
 
 
 class MemoryPlanError(MemoryError):
@@ -292,10 +299,13 @@ def _candidates(device_type: str, cfg: Phase2Config) -> list[tuple[str, str]]:
     float16 keeps 8x bf16's precision for LayerNorm-bounded values), then host RAM, then disk. CPU: fp32 in RAM
     (exact, the CPU computes in fp32), fp16 in RAM, then fp16 on disk (half the I/O).
     """
+    if cfg.context_source == "stream":
+        return [("stream", "float32")]
     if device_type == "cuda":
         placements = {"gpu": ["float16"], "cpu": ["float16"], "disk": ["float16"]}
     else:
         placements = {"cpu": ["float32", "float16"], "disk": ["float16"]}
+    streamed = [("stream", "float32")] if cfg.context_source == "auto" and cfg.cache_placement == "auto" else []
     if cfg.cache_placement != "auto":
         if cfg.cache_placement not in placements:
             raise ValueError(
@@ -307,39 +317,50 @@ def _candidates(device_type: str, cfg: Phase2Config) -> list[tuple[str, str]]:
     for placement, dtypes in placements.items():
         for dtype in ([cfg.cache_dtype] if cfg.cache_dtype != "auto" else dtypes):
             out.append((placement, dtype))
-    return out
+    return out + streamed
 
 
 def _items(work: Phase2Workload, device_type: str, placement: str, dtype: str, checkpointing: bool,
            micro: int, ce_chunk: int, build_tokens: int) -> list[MemoryItem]:
     compute = "device" if device_type == "cuda" else "host"
-    cache_at = {"gpu": "device", "cpu": "host", "disk": "disk"}[placement]
+    cache_at = {"gpu": "device", "cpu": "host", "disk": "disk", "stream": compute}[placement]
     ids_at = "device" if placement == "gpu" else "host"
     head_in = work.token_layers[-1][2]
     tokens = work.train_tokens + work.val_tokens
+    if placement == "stream":  # two blocks of windows' contexts instead of a cache; their recurrence's workspace
+        contexts = [
+            MemoryItem("streamed contexts (2 blocks)", compute, "train", 2 * 4 * build_tokens * work.row_values,
+                       f"{build_tokens:,} tokens of windows per block, fp32"),
+            MemoryItem("stream workspace", compute, "train", 2 * 4 * build_tokens * (work.row_values + work.token_dim),
+                       "token projections and inputs of one block"),
+        ]
+    else:
+        contexts = [
+            MemoryItem("context cache: train", cache_at, "both", work.cache_bytes(dtype, work.train_tokens),
+                       f"{work.train_tokens:,} x {work.row_values:,} {dtype}"),
+            MemoryItem("context cache: val", cache_at, "both", work.cache_bytes(dtype, work.val_tokens),
+                       f"{work.val_tokens:,} x {work.row_values:,} {dtype}"),
+            MemoryItem("cache build workspace", compute, "build", 3 * 4 * build_tokens * work.row_values,
+                       f"{build_tokens:,} tokens of segments"),
+        ]
     items = [
         MemoryItem("model weights (fp32, all)", compute, "both", 4 * work.params, f"{work.params:,} parameters"),
         MemoryItem("gradients (trainable)", compute, "train", 4 * work.trainable_params,
                    f"{work.trainable_params:,} trainable"),
         MemoryItem("Adam moments", compute, "train", 8 * work.trainable_params, "exp_avg + exp_avg_sq"),
         MemoryItem("best weights copy", "host", "train", 4 * work.trainable_params, "restored at the end"),
-        MemoryItem("context cache: train", cache_at, "both", work.cache_bytes(dtype, work.train_tokens),
-                   f"{work.train_tokens:,} x {work.row_values:,} {dtype}"),
-        MemoryItem("context cache: val", cache_at, "both", work.cache_bytes(dtype, work.val_tokens),
-                   f"{work.val_tokens:,} x {work.row_values:,} {dtype}"),
+        *contexts,
         MemoryItem("token ids (inputs, targets)", ids_at, "both", 16 * tokens, "x recomputed from ids"),
         MemoryItem("activations (micro-batch)", compute, "train", micro * work.activation_bytes_per_token(dtype),
                    f"{micro:,} tokens"),
         MemoryItem("output layer (CE chunk)", compute, "train",
                    2 * 4 * ce_chunk * work.vocab_size + (4 * work.vocab_size * head_in if work.head_trainable else 0),
                    f"{ce_chunk:,} x {work.vocab_size:,} fp32 logits + head gradient"),
-        MemoryItem("cache build workspace", compute, "build", 3 * 4 * build_tokens * work.row_values,
-                   f"{build_tokens:,} tokens of segments"),
         MemoryItem("runtime (python, torch)", "host", "both", RUNTIME_HOST_BYTES, "baseline process"),
         MemoryItem("context metrics (bounded)", compute, "build", context_metrics_bytes(work.context_dims[-1]),
                    "ER / pairwise subsamples, streamed row blocks"),
     ]
-    if device_type == "cuda" and placement != "gpu":
+    if device_type == "cuda" and placement not in ("gpu", "stream"):
         items.append(MemoryItem("host staging rows", "host", "train",
                                 2 * micro * work.row_values * DTYPE_BYTES[dtype], "gathered batch before copy"))
     if checkpointing:
@@ -365,9 +386,10 @@ def plan_phase2(
     if device_type == "cuda":
         limits["device"] = int(safety * budget.device_free)
     batch = cfg.batch_size or DEFAULT_BATCH[device_type]
-    build_tokens = BUILD_BATCH_TOKENS
     tried = []
     for placement, dtype in _candidates(device_type, cfg):
+        build_tokens = (cfg.stream_block_tokens or DEFAULT_BLOCK_TOKENS) if placement == "stream" \
+            else BUILD_BATCH_TOKENS
         wanted_micro = min(cfg.micro_batch_size or batch, batch)
         ce_chunk = cfg.ce_chunk_tokens or max(MIN_MICRO_BATCH, CE_BUDGET[device_type] // (2 * 4 * work.vocab_size))
 
@@ -398,8 +420,11 @@ def plan_phase2(
             reasons.append(f"did not fit: {', '.join(skipped)}")
         if micro < wanted_micro:
             reasons.append(f"micro-batch lowered from {wanted_micro:,} to {micro:,} tokens to fit")
+        stream = stream_costs(work, cfg.stream_window, cfg.stream_burn_in, build_tokens) if placement == "stream" else {}
+        if placement == "stream" and cfg.context_source == "auto":
+            reasons.append("no cache placement fits: contexts are streamed (recomputed every batch)")
         return Phase2Plan(device_type, placement, dtype, batch, micro, eval_batch, ce_chunk, build_tokens,
-                          tuple(items), limits, tuple(reasons))
+                          tuple(items), limits, tuple(reasons), stream)
     placement, dtype, items = tried[-1]
     smallest = Phase2Plan(device_type, placement, dtype, batch, MIN_MICRO_BATCH, MIN_MICRO_BATCH,
                           MIN_MICRO_BATCH, build_tokens, tuple(items), limits)
