@@ -156,6 +156,25 @@ def accumulate_gradients(
     return backoff.run(run, cleanup=lambda: optimizer.zero_grad(set_to_none=True))
 
 
+def train_step(
+    backoff: OOMBackoff,
+    optimizer: torch.optim.Optimizer,
+    index: torch.Tensor,
+    part_loss: Callable[[torch.Tensor, int], tuple[torch.Tensor, T]],
+    max_norm: float,
+    scaler: Optional[torch.amp.GradScaler] = None,
+    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
+    no_sync: Optional[Callable[[], object]] = None,
+) -> list[T]:
+    """One optimizer step of every trainer: the gradients over ``index`` (:func:`accumulate_gradients`), clipped to
+    ``max_norm``, the step (:func:`clip_and_step`), then the LR schedule's step. Returns the parts' results."""
+    results = accumulate_gradients(backoff, optimizer, index, part_loss, scaler, no_sync)
+    clip_and_step(optimizer, max_norm, scaler)
+    if scheduler is not None:
+        scheduler.step()
+    return results
+
+
 def clip_and_step(optimizer: torch.optim.Optimizer, max_norm: float,
                   scaler: Optional[torch.amp.GradScaler] = None) -> None:
     """Clip the gradient norm of the optimizer's parameters to ``max_norm`` and step (through the GradScaler if

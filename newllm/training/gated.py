@@ -59,15 +59,14 @@ from newllm.training.common import (
     MAX_OOM_HALVINGS,
     EarlyStopping,
     OOMBackoff,
-    accumulate_gradients,
     autocast,
     autocast_dtype,
-    clip_and_step,
     epoch_order,
     grad_scaler,
     lr_factor,
     lr_scheduler,
     tf32_matmuls,
+    train_step,
 )
 from newllm.training.gated_state import (
     LoopState,
@@ -181,8 +180,7 @@ def _train_step(
         loss_sum, n, correct = _window_loss(model, inputs[part], targets[part], pad_id, amp_dtype)
         return loss_sum / n_tokens, torch.stack([loss_sum.detach(), n, correct]).to(torch.float64)
 
-    parts = accumulate_gradients(backoff, optimizer, index, part_loss, scaler)
-    clip_and_step(optimizer, max_norm, scaler)
+    parts = train_step(backoff, optimizer, index, part_loss, max_norm, scaler)
     return torch.stack(parts).sum(dim=0)
 
 

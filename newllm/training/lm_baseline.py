@@ -18,14 +18,13 @@ from newllm.models.gated import GatedContextLM
 from newllm.training.common import (
     MAX_OOM_HALVINGS,
     OOMBackoff,
-    accumulate_gradients,
     autocast,
     autocast_dtype,
-    clip_and_step,
     epoch_order,
     lr_factor,
     lr_scheduler,
     tf32_matmuls,
+    train_step,
 )
 from newllm.utils.runtime import resolve_device, seed_everything
 
@@ -192,10 +191,8 @@ def train_lm_baseline(
                 return loss, loss.detach()
 
             model.train()
-            losses = accumulate_gradients(backoff, optimizer, batch_starts, part_loss)
             current_lr = optimizer.param_groups[0]["lr"]
-            clip_and_step(optimizer, grad_clip)
-            scheduler.step()
+            losses = train_step(backoff, optimizer, batch_starts, part_loss, grad_clip, scheduler=scheduler)
             tokens_seen += batch_starts.numel() * seq_len
             pending.append(float(sum(losses)))
             bar.set_postfix(loss=f"{pending[-1]:.3f}")

@@ -40,17 +40,16 @@ from newllm.training.chunked_ce import linear_cross_entropy
 from newllm.training.common import (
     EarlyStopping,
     OOMBackoff,
-    accumulate_gradients,
     all_reduce_sum,
-    compiled,
-    distributed_rank_world,
     autocast,
     autocast_dtype,
-    clip_and_step,
+    compiled,
+    distributed_rank_world,
     grad_scaler,
     lr_factor,
     lr_scheduler,
     tf32_matmuls,
+    train_step,
 )
 from newllm.training.context_cache import ContextCache, build_context_cache
 from newllm.training.context_stream import StreamedContexts, epoch_batches, streamed_contexts
@@ -335,11 +334,8 @@ class _Loop:
     def _step(self, index: torch.Tensor) -> tuple[float, int]:
         local = index.tensor_split(self.world)[self.rank] if self.world > 1 else index
         no_sync = getattr(self.step_module, "no_sync", None)
-        parts = accumulate_gradients(self.micro, self.optimizer, local,
-                                     lambda part, size: self._part_loss(index.numel(), part, size), self.scaler,
-                                     no_sync)
-        clip_and_step(self.optimizer, self.cfg.grad_clip, self.scaler)
-        self.scheduler.step()
+        parts = train_step(self.micro, self.optimizer, local, lambda part, size: self._part_loss(index.numel(), part, size),
+                           self.cfg.grad_clip, self.scaler, self.scheduler, no_sync)
         loss, correct = 0.0, 0
         for part_loss, part_correct in parts:
             loss, correct = loss + part_loss, correct + part_correct
