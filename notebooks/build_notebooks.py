@@ -329,6 +329,9 @@ cvfp = outcome.table[outcome.table["model"] == "cvfp"]
 assert sorted(set(cvfp["samples"])) == sorted(set(values["samples"])), "a size is missing from the table"
 assert len(cvfp) == len(set(values["samples"])) * len(values["seeds"])
 assert outcome.table["val_ppl"].map(math.isfinite).all(), "a non-finite validation PPL"
+optimum = cvfp["optimum_val_ppl"].dropna()  # the built-in corpus's best achievable PPL (None for other data)
+if len(optimum):  # no model beats the true distribution: a PPL at or below it means the evaluation is wrong
+    assert (cvfp["val_ppl"] > optimum.iloc[0]).all(), f"val PPL at or below the known optimum {optimum.iloc[0]:.2f}"
 assert cvfp["val_er_pct"].between(0, 100, inclusive="right").all(), "ER outside (0, 100] %"
 assert outcome.run.file("ppl_vs_tokens.png").is_file()
 if outcome.power_law.ok:
