@@ -71,6 +71,7 @@ def test_gated_training_writes_the_originals_files_and_compares_int8(tmp_path, f
 
     outcome = train(setup, run, on_history=on_history, progress=False)
     assert mirrored_during and all(mirrored_during)
+    assert list((tmp_path / "advanced_training" / setup.name / "tensorboard").glob("events.out.tfevents.*"))
     folder = tmp_path / "advanced_training" / setup.name
     mirror = tmp_path / "drive" / "advanced_training" / setup.name
     for path in folder.rglob("*"):

@@ -131,3 +131,17 @@ def _dead_pid() -> int:
     process = subprocess.Popen(["true"])
     process.wait()
     return process.pid
+
+
+def test_scalars_reach_a_tensorboard_event_file(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = RunFolder.create("x", "tb", results_dir=tmp_path)
+    scalars = run.scalars()
+    for epoch in (1, 2):
+        scalars.log("phase2", {"epoch": epoch, "val_loss": 3.0 / epoch, "stop": "epochs", "nan": float("nan")}, epoch)
+    scalars.close()
+    events = EventAccumulator(str(run.file("tensorboard")))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["phase2/epoch", "phase2/val_loss"]  # text and NaN left out
+    assert [e.value for e in events.Scalars("phase2/val_loss")] == [3.0, 1.5]

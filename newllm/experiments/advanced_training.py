@@ -124,7 +124,11 @@ def _train_gated(setup: TrainingSetup, run: RunFolder, on_history: Optional[Call
                      resolved={"data_source": data.source})
     data.tokenizer.save(run.file(f"{setup.name}_tokenizer.json"))
 
+    scalars = run.scalars()
+
     def after_epoch(history: pd.DataFrame):
+        last = history.iloc[-1].to_dict()
+        scalars.log("gated", last, int(last.get("updates", last.get("epoch", len(history)))))
         run.sync()  # the epoch's checkpoints reach the mirror (e.g. Google Drive)
         return on_history(history) if on_history is not None else None
 
@@ -133,6 +137,7 @@ def _train_gated(setup: TrainingSetup, run: RunFolder, on_history: Optional[Call
         tokenizer_name=data.tokenizer_label, resume_from=setup.resume_from, callback=after_epoch, progress=progress,
         extra_config={"data_source": data.source, "data_stats": data.stats},
     )
+    scalars.close()
     history = result.history
     best = history.loc[history["val_loss"].idxmin()] if len(history) else None
     final = pd.DataFrame([{

@@ -143,13 +143,16 @@ def run_cvfp(
     train_docs = corpus.train.documents()
     val_docs = corpus.val.documents()
     streams = settings.phase1.streams
-    p1 = train_phase1(model, train_docs, settings.phase1, val_ids=val_docs, progress=progress)
+    scalars = run.scalars() if run is not None else None
+    p1 = train_phase1(model, train_docs, settings.phase1, val_ids=val_docs, progress=progress,
+                      callback=(lambda row: scalars.log("phase1", row, row["iteration"])) if scalars else None)
     if checkpoint is None and run is not None:
         checkpoint = run.file("phase2.safetensors")
     resume = resume and checkpoint is not None and Path(checkpoint).exists()
 
     def after_epoch(row: dict) -> None:
         if run is not None:
+            scalars.log("phase2", row, row["epoch"])
             run.sync()  # the epoch's checkpoint reaches the mirror (e.g. Google Drive)
         if epoch_callback is not None:
             epoch_callback(row)
@@ -176,6 +179,7 @@ def run_cvfp(
         run.write_table("phase1_history", p1.history)
         run.write_table("phase2_history", p2.history)
         run.write_json("summary", row)
+        scalars.close()
         run.sync()
     return CVFPRun(row, p1, p2, model, dict(corpus.info), embedding)
 

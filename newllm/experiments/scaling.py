@@ -101,6 +101,7 @@ def _finished(run: RunFolder) -> set[tuple[str, int, int]]:
 
 
 def _sweep(samples, settings, run, seeds, baselines, progress, on_row, finished) -> None:
+    scalars = run.scalars()  # one curve per seed: the validation PPL against training tokens
     for n in sorted(samples):
         for seed in seeds:
             size_settings = dataclasses.replace(settings.with_seed(seed), data=dataclasses.replace(settings.data,
@@ -117,6 +118,7 @@ def _sweep(samples, settings, run, seeds, baselines, progress, on_row, finished)
                 del result
                 free_device_memory()
                 run.append_row(SCALING_TABLE, row)
+                scalars.log(f"scaling/seed{seed}", row, int(row.get("train_tokens") or n))
                 for path in (checkpoint, previous_checkpoint_path(checkpoint)):
                     path.unlink(missing_ok=True)
                 run.sync()
@@ -132,6 +134,7 @@ def _sweep(samples, settings, run, seeds, baselines, progress, on_row, finished)
                 run.sync()
                 if on_row is not None:
                     on_row(row)
+    scalars.close()
 
 
 @dataclass

@@ -31,6 +31,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import pandas as pd
 
 from newllm.utils.io import atomic_write_json, atomic_write_text, pid_alive
+from newllm.utils.scalars import ScalarLog
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MIRROR_DIR_ENV = "NEWLLM_MIRROR_DIR"
@@ -130,6 +131,10 @@ class RunFolder:
 
     def file(self, name: str) -> Path:
         return self.path / name
+
+    def scalars(self) -> ScalarLog:
+        """The run's TensorBoard scalars (``<run>/tensorboard/``)."""
+        return ScalarLog(self.file("tensorboard"))
 
     def record_settings(self, settings: Mapping[str, Any], may_change: Sequence[str] = ()) -> None:
         """Write the run's settings to config.json (``settings``), or, when the folder already records some (a
