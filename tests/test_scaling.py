@@ -505,3 +505,13 @@ def test_an_interrupted_phase2_resumes_inside_a_cvfp_run(tmp_path):
         resumed = run_cvfp(settings, progress=False, checkpoint=checkpoint, resume=True)
     assert len(resumed.phase2.history) == 3 and resumed.phase2.steps == unbroken.phase2.steps
     assert resumed.row["val_ppl"] == pytest.approx(unbroken.row["val_ppl"], rel=1e-5)
+
+
+def test_a_headless_sweep_prints_a_line_per_size(tmp_path, monkeypatch, capsys):
+    from newllm.utils.runs import RunFolder
+
+    scaling, settings = _fake_sweep(tmp_path, monkeypatch, [])
+    scaling.run_scaling([2, 4], settings, RunFolder.create("scaling", "p", results_dir=tmp_path), progress=True)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[scaling]")]
+    assert lines == ["[scaling] samples 2, seed 42: val PPL 50 (2000 training tokens)",
+                     "[scaling] samples 4, seed 42: val PPL 25 (4000 training tokens)"]

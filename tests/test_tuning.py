@@ -515,3 +515,10 @@ def test_a_journal_with_a_partial_last_line_is_repaired_and_resumes(tmp_path):
     assert result.n_complete + result.n_pruned == 4 and len(calls) == 4  # the 3 trials kept, one more run
     assert all(snapshot(load(config))[n] == before[n] for n in before)
     assert config.journal_path.with_name(config.journal_path.name + ".damaged").read_bytes().startswith(b'{"op_code"')
+
+
+def test_a_headless_study_prints_a_line_per_trial(tmp_path, capsys):
+    run_study(synthetic, StudyConfig(n_trials=2, results_dir=str(tmp_path)), progress=True)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[study ")]
+    assert len(lines) == 2 and "(2/2 finished; best val PPL " in lines[-1]
+    assert "trial 0 complete (1/2 finished" in lines[0]

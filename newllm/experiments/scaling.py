@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from newllm.config.experiments import ScalingConfig
 from newllm.data.corpus import load_corpus
@@ -119,6 +120,9 @@ def _sweep(samples, settings, run, seeds, baselines, progress, on_row, finished)
                 free_device_memory()
                 run.append_row(SCALING_TABLE, row)
                 scalars.log(f"scaling/seed{seed}", row, int(row.get("train_tokens") or n))
+                if progress:  # one plain line per size: what `papermill --log-output` shows of a long sweep
+                    tqdm.write(f"[scaling] samples {n}, seed {seed}: val PPL {row.get('val_ppl', float('nan')):.4g} "
+                               f"({row.get('train_tokens', '?')} training tokens)")
                 for path in (checkpoint, previous_checkpoint_path(checkpoint)):
                     path.unlink(missing_ok=True)
                 run.sync()

@@ -260,5 +260,9 @@ def run_study(objective: Callable[[dict, Report], Union[TrialOutcome, dict]], co
             if complete:
                 bar.set_postfix(best_val_ppl=f"{min(t.value for t in complete):.4g}", refresh=False)
             bar.refresh()
+            if progress:  # one plain line per trial: what `papermill --log-output` shows of a long study
+                best = f"; best val PPL {min(t.value for t in complete):.4g}" if complete else ""
+                tqdm.write(f"[study {config.study_name}] trial {trial.number} {end.state.name.lower()} "
+                           f"({min(finished_count(study), config.n_trials)}/{config.n_trials} finished{best})")
             streak.update(end.error)
     return study_result(study, config)
