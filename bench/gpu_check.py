@@ -1,6 +1,6 @@
 """One command that runs every GPU path of the kit end to end and writes what it measured.
 
-    python bench/gpu_check.py                      # on a CUDA machine: the seed-scale checks (< 8 min on an H100/H200)
+    python bench/gpu_check.py                      # on a CUDA machine: seed-scale checks (sized for < 8 min, untimed)
     python bench/gpu_check.py --out /tmp/check     # anywhere; on a CPU every check runs at tiny sizes (< 2 min)
 
 Writes ``<out>/<device-name>.json`` (default out: results/gpu/): device, torch and CUDA versions, and per check
@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -227,8 +228,6 @@ def check_oom(sizes: Sizes, device: torch.device) -> dict:
 
     try:
         backoff = OOMBackoff(32, max_halvings=6, what="gpu_check", unit="parts")
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             backoff.run(step, cleanup=lambda: None)

@@ -94,7 +94,7 @@ def open_run(experiment: str, values: Mapping[str, Any], results_dir: PathLike, 
     run = RunFolder.create(experiment, run_name or default_name or default_run_name(values), results_dir,
                            resume=resume)
     if resume and run.file("parameters.json").is_file():
-        recorded = json.loads(run.file("parameters.json").read_text(encoding="utf-8"))
+        recorded = recorded_parameters(experiment, run.name, results_dir)
         differing = sorted(k for k in set(recorded) | set(values) if k not in RESUMABLE_PARAMETERS | {"preset"}
                            and recorded.get(k) != values.get(k))
         if differing:
@@ -132,8 +132,7 @@ def notebook_values(notebook: str, preset: str, namespace: Mapping[str, Any]) ->
 
 
 # Globals a notebook holds before its resolve cell besides its parameters: the Colab cell's and IPython's own.
-_NOTEBOOK_GLOBALS = frozenset({"preset", "results_dir", "run_name", "resume", "MOUNT_DRIVE", "repo", "url", "In", "Out",
-                               "exit", "quit", "get_ipython", "open"})
+_NOTEBOOK_GLOBALS = frozenset({"preset", "results_dir", "run_name", "resume", "MOUNT_DRIVE", "repo", "url", "In", "Out"})
 
 
 def _refuse_unknown(notebook: str, namespace: Mapping[str, Any]) -> None:
